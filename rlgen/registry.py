@@ -114,8 +114,10 @@ class Registry:
 
     def _unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.4)
-        hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(sorted(self._entries))}"
-        return f"unknown {self.kind} {name!r}; {hint} (see `rlgen list {self.kind}`)"
+        known = ", ".join(sorted(self._entries)) or "none registered"
+        hint = f"closest: {', '.join(close)}" if close else f"known: {known}"
+        singular = self.kind[:-1] if self.kind.endswith("s") else self.kind
+        return f"unknown {singular} {name!r}; {hint} (see `rlgen list {self.kind}`)"
 
     def names(self) -> list[str]:
         self._ensure_loaded()

@@ -1,0 +1,250 @@
+"""The ``rlgen`` command: ``train | eval | sample | list``, generated from config dataclasses.
+
+Each trainer registers a ``TrainerSpec`` (see ``cli_spec.py``); the flags of
+``rlgen train NAME`` come from the fields of its config dataclass, their help from the
+docstring under each field (the convention CleanRL's scripts use with tyro). Bad input (an
+unknown name, an invalid value) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import os
+import sys
+import textwrap
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+import rlgen
+from rlgen.registry import REGISTRIES, TRAINERS, UnknownNameError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+# -- dataclass -> argparse ---------------------------------------------------------------------
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (``x: int = 1`` then ``\"\"\"help\"\"\"``)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _converter(tp: Any, optional: bool, flag: str) -> Any:
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {_TYPE_WORDS.get(tp, tp.__name__)}{' or None' if optional else ''}, "
+                f"got {text!r}"
+            ) from None
+
+    convert.__name__ = tp.__name__ if hasattr(tp, "__name__") else "value"
+    return convert
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    aliases = getattr(cls, "__cli_aliases__", {})
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag, *aliases.get(f.name, ())]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = docs.get(f.name, "")
+        tp, optional = _strip_optional(hints[f.name])
+        kwargs: dict[str, Any] = {"dest": f.name, "required": required}
+        if required:
+            kwargs["help"] = help_text
+        else:
+            kwargs["default"] = default
+            kwargs["help"] = f"{help_text} (default: {default})".strip()
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(tp) is Literal:
+            choices = list(get_args(tp))
+            kwargs["choices"] = choices
+            kwargs["type"] = type(choices[0])
+            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+        elif get_origin(tp) is tuple:
+            item = get_args(tp)[0] if get_args(tp) else str
+            kwargs["nargs"] = "+"
+            kwargs["type"] = _converter(item, False, flag)
+        elif tp in (int, float, str):
+            kwargs["type"] = _converter(tp, optional, flag)
+            kwargs["metavar"] = tp.__name__.upper()
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: the CLI does not support type {tp!r}")
+        parser.add_argument(*names, **kwargs)
+
+
+def parse_config(cls: type, argv: list[str], prog: str) -> Any:
+    doc = inspect.getdoc(cls) or ""
+    parser = _Parser(prog=prog, description=doc.splitlines()[0] if doc else None)
+    add_dataclass_arguments(parser, cls)
+    namespace = parser.parse_args(argv)
+    values = vars(namespace)
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return cls(**values)  # __post_init__ validation raises ValueError -> one line, exit 2
+
+
+# -- commands -------------------------------------------------------------------------------
+def _count_parameters(name: str) -> tuple[int, str]:
+    import torch
+
+    from rlgen.vision.backbones import create_backbone
+
+    with torch.device("meta"):
+        backbone = create_backbone(name, in_channels=_default_in_channels(name))
+    params = sum(p.numel() for p in backbone.parameters())
+    stages = " ".join(f"{fi.stage}:{fi.channels}/{fi.reduction}" for fi in backbone.feature_info)
+    return params, stages
+
+
+def _default_in_channels(name: str) -> int:
+    from rlgen.registry import BACKBONES
+
+    signature = inspect.signature(BACKBONES.get(name))
+    param = signature.parameters.get("in_channels")
+    if param is not None and param.default is not inspect.Parameter.empty:
+        return int(param.default)
+    return 3
+
+
+def cmd_list(kind: str | None) -> None:
+    kinds = [kind] if kind else list(REGISTRIES)
+    for k in kinds:
+        if k not in REGISTRIES:
+            raise UsageError(f"rlgen list: unknown kind {k!r}; choose from {', '.join(REGISTRIES)}")
+        registry = REGISTRIES[k]
+        entries = registry.list()
+        print(f"{k} ({len(entries)}):")
+        for name, description in entries:
+            if k == "backbones":
+                params, stages = _count_parameters(name)
+                print(f"  {name:<24} {params:>13,} params  {stages}")
+                if description:
+                    print(f"  {'':<24} {description}")
+            else:
+                print(f"  {name:<24} {description}")
+
+
+def _run_spec(command: str, name: str, argv: list[str]) -> Any:
+    spec = TRAINERS.create(name)
+    prog = f"rlgen {command} {name}"
+    if command == "train":
+        config_cls, fn = spec.config, spec.train
+    else:
+        pair = spec.evaluate if command == "eval" else spec.sample
+        if pair is None:
+            raise UsageError(f"{prog}: {name} has no `{command}` command")
+        config_cls, fn = pair
+    config = parse_config(config_cls, argv, prog)
+    return fn(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rlgen", description=rlgen.__doc__)
+    parser.add_argument("--version", action="version", version=f"rlgen {rlgen.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,list}")
+    for command, help_text in (
+        ("train", "train a model or agent: rlgen train NAME --help"),
+        ("eval", "evaluate a checkpoint: rlgen eval NAME --checkpoint PATH"),
+        ("sample", "sample from a generative checkpoint: rlgen sample NAME --checkpoint PATH"),
+    ):
+        p = sub.add_parser(command, help=help_text, add_help=False)
+        p.add_argument("name", nargs="?", help="what to run (see `rlgen list trainers`)")
+        p.add_argument("-h", "--help", action="store_true")
+    p = sub.add_parser("list", help="list registered backbones, models, agents, datasets, trainers")
+    p.add_argument("kind", nargs="?", choices=list(REGISTRIES))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "list":
+            if rest:
+                raise UsageError(f"rlgen list: unexpected arguments {' '.join(rest)}")
+            cmd_list(args.kind)
+            return 0
+        if args.name is None:
+            if args.help:
+                print(f"usage: rlgen {args.command} NAME [--help] [options]\n\n"
+                      f"NAME is one of: {', '.join(TRAINERS.names())}")
+                return 0
+            raise UsageError(f"rlgen {args.command}: say what to run, one of: "
+                             f"{', '.join(TRAINERS.names())}")
+        if args.help:
+            rest = ["--help", *rest]
+        _run_spec(args.command, args.name, rest)
+        return 0
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return int(exc.code or 0)
+    except (UsageError, UnknownNameError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("RLGEN_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}" if not message.startswith("rlgen") else message, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
