@@ -20,6 +20,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 import rlgen
+from rlgen.checkpoint import CheckpointError
 from rlgen.registry import REGISTRIES, TRAINERS, UnknownNameError
 
 EXIT_USAGE = 2
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except SystemExit as exc:  # --help and --version exit through argparse
         return int(exc.code or 0)
-    except (UsageError, UnknownNameError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, UnknownNameError, ValueError, OSError, CheckpointError) as exc:
         if os.environ.get("RLGEN_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
