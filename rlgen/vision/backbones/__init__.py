@@ -1,12 +1,19 @@
-"""CNN backbones registered by name; ``create_backbone`` / ``create_model`` build them."""
+"""CNN backbones registered by name; ``create_backbone`` / ``create_model`` build them.
 
-from rlgen.vision.backbones.base import Backbone, BackboneInputError, FeatureInfo
+Importing this package registers the built-in architectures (each module below decorates its
+builders with ``@register_backbone`` / ``@register_model``).
+"""
+
 from rlgen.registry import BACKBONES, MODELS
+from rlgen.vision.backbones.base import Backbone, BackboneInputError, FeatureInfo
 
 
-def create_backbone(name: str, in_channels: int = 3, **kwargs) -> Backbone:
-    """Build the backbone registered as ``name`` for ``in_channels`` input channels."""
-    backbone = BACKBONES.create(name, in_channels=in_channels, **kwargs)
+def create_backbone(name: str, in_channels: int | None = None, **kwargs) -> Backbone:
+    """Build the backbone registered as ``name``; ``in_channels`` defaults to the builder's own
+    default (3 for image nets, 4 for ``nature_cnn``, 1 for the MNIST nets)."""
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    backbone = BACKBONES.create(name, **kwargs)
     backbone.name = name
     return backbone
 
@@ -16,12 +23,58 @@ def register_backbone(name: str | None = None, *, description: str | None = None
     return BACKBONES.register(name, description=description)
 
 
+def register_model(name: str | None = None, *, description: str | None = None):
+    """Decorator registering a classifier builder ``fn(num_classes=..., in_channels=..., **kw)``."""
+    return MODELS.register(name, description=description)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    *,
+    weights=None,
+    **kwargs,
+):
+    """Build the classifier registered as ``name`` (``num_classes`` / ``in_channels`` default to
+    the builder's: 1000 classes and 3 channels for the ImageNet nets, 10 and 1 for MNIST nets).
+
+    ``weights`` is a path to a state dict; for the architectures torchvision has, its key names
+    are torchvision's, so torchvision checkpoint files load as they are.
+    """
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    model = MODELS.create(name, **kwargs)
+    if weights is not None:
+        from rlgen.vision.backbones.weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+# Built-in architectures register themselves on import.
+from rlgen.vision.backbones import (  # noqa: E402, F401
+    alexnet,
+    deepface,
+    googlenet,
+    lenet,
+    mlp,
+    mnist_convnets,
+    nature_cnn,
+    resnet,
+    vgg,
+)
+
 __all__ = [
     "Backbone",
     "BackboneInputError",
     "FeatureInfo",
     "create_backbone",
+    "create_model",
     "register_backbone",
+    "register_model",
     "BACKBONES",
     "MODELS",
 ]
