@@ -142,9 +142,17 @@ class Registry:
 
 BACKBONES = Registry("backbones", builtins=("rlgen.vision.backbones",))
 MODELS = Registry("models", builtins=("rlgen.vision.backbones",))
-AGENTS = Registry("agents", builtins=("rlgen.agents.dqn",))
+AGENTS = Registry("agents", builtins=("rlgen.agents.qnetwork",))
 DATASETS = Registry("datasets", builtins=("rlgen.data",))
 # What `rlgen train|eval|sample NAME` accepts: each entry builds a TrainerSpec (see cli.py).
-TRAINERS = Registry("trainers", builtins=())
+TRAINERS = Registry(
+    "trainers",
+    builtins=(
+        "rlgen.agents.dqn",
+        "rlgen.generative.autoencoder",
+        "rlgen.generative.vae",
+        "rlgen.generative.dcgan",
+    ),
+)
 
 REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, AGENTS, DATASETS, TRAINERS)}

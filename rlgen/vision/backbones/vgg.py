@@ -1,0 +1,276 @@
+"""VGG 11/13/16/19 (configurations A, B, D, E), with or without batch norm: Simonyan and
+Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition" (ICLR 2015);
+the ``_bn`` variants add batch norm after every conv as torchvision does.
+
+The architectures are data: each configuration is a list of conv widths with ``"M"`` for a
+2x2 max-pool. Backbone ``vgg16`` is ``features`` only; its stages (``feature_info``) are the
+outputs of the five pooling blocks, ``block1`` /2 ... ``block5`` /32, each exactly
+``H // r`` pixels high (3x3 convs keep the size, each pool halves it, rounding down), so the
+smallest image that goes through is 32x32. Model ``vgg16`` adds torchvision's 7x7 adaptive
+average pool and the three-layer classifier, with torchvision's parameter names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlgen.vision.backbones import register_backbone, register_model
+from rlgen.vision.backbones.base import Backbone, FeatureInfo
+from rlgen.vision.backbones.weights import load_weights
+
+Cfg = list[int | str]
+
+# fmt: off
+CFGS: dict[str, Cfg] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [
+        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    ],
+}
+# fmt: on
+
+#: registered name -> (configuration, batch norm)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "vgg11": ("A", False),
+    "vgg13": ("B", False),
+    "vgg16": ("D", False),
+    "vgg19": ("E", False),
+    "vgg11_bn": ("A", True),
+    "vgg13_bn": ("B", True),
+    "vgg16_bn": ("D", True),
+    "vgg19_bn": ("E", True),
+}
+
+
+def make_layers(cfg: Cfg, batch_norm: bool = False, in_channels: int = 3) -> nn.Sequential:
+    """Turn a configuration into ``features``: 3x3 conv (+BN) + ReLU per width, pool per "M"."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, int(v), kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(int(v)))
+        layers.append(nn.ReLU(inplace=True))
+        channels = int(v)
+    return nn.Sequential(*layers)
+
+
+class VGGBackbone(Backbone):
+    """The convolutional part of VGG (torchvision's ``features``)."""
+
+    def __init__(self, cfg: Cfg, batch_norm: bool = False, in_channels: int = 3):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.in_channels = in_channels
+        self.features = make_layers(cfg, batch_norm, in_channels)
+        self.feature_info = []
+        self._stage_ends: list[int] = []  # index in ``features`` of each block's pool
+        channels = in_channels
+        for i, m in enumerate(self.features):
+            if isinstance(m, nn.Conv2d):
+                channels = m.out_channels
+            elif isinstance(m, nn.MaxPool2d):
+                self._stage_ends.append(i)
+                n = len(self._stage_ends)
+                self.feature_info.append(FeatureInfo(f"block{n}", channels, 2**n))
+        # Each unpadded 2x2 pool needs at least 2 pixels: 2**(number of pools).
+        self.min_input_size = (self.reduction, self.reduction)
+        self._init_features()
+
+    def _init_features(self) -> None:
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x)
+        stages = []
+        ends = set(self._stage_ends)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in ends:
+                stages.append(x)
+        return stages
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.features(x)
+
+
+class VGG(VGGBackbone):
+    """VGG classifier: ``features`` + 7x7 adaptive average pool + ``classifier`` (4096-4096-n)."""
+
+    def __init__(
+        self,
+        cfg: Cfg,
+        batch_norm: bool = False,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+    ):
+        super().__init__(cfg, batch_norm, in_channels)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.num_features = 4096
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(self.out_channels * 7 * 7, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, num_classes),
+        )
+        for m in self.classifier:
+            if isinstance(m, nn.Linear):
+                _init_linear(m)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer (``classifier.6``) by a fresh one."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        p = self.classifier[6].weight
+        self.classifier[6] = nn.Linear(4096, num_classes, device=p.device, dtype=p.dtype)
+        _init_linear(self.classifier[6])
+
+
+def _init_linear(m: nn.Linear) -> None:
+    nn.init.normal_(m.weight, 0.0, 0.01)
+    nn.init.zeros_(m.bias)
+
+
+def _backbone(name: str, in_channels: int, **kwargs) -> VGGBackbone:
+    cfg, bn = VARIANTS[name]
+    net = VGGBackbone(CFGS[cfg], bn, in_channels=in_channels, **kwargs)
+    net.name = name
+    return net
+
+
+def _model(name: str, num_classes: int, in_channels: int, weights=None, **kwargs) -> VGG:
+    cfg, bn = VARIANTS[name]
+    net = VGG(CFGS[cfg], bn, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    net.name = name
+    if weights is not None:
+        load_weights(net, weights)
+    return net
+
+
+# One public builder per variant, as torchvision has.
+
+
+@register_backbone("vgg11")
+def vgg11_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-11 (configuration A) convolutional trunk, 512 channels at /32."""
+    return _backbone("vgg11", in_channels, **kwargs)
+
+
+@register_backbone("vgg11_bn")
+def vgg11_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-11 trunk with batch norm, 512 channels at /32."""
+    return _backbone("vgg11_bn", in_channels, **kwargs)
+
+
+@register_backbone("vgg13")
+def vgg13_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-13 (configuration B) convolutional trunk, 512 channels at /32."""
+    return _backbone("vgg13", in_channels, **kwargs)
+
+
+@register_backbone("vgg13_bn")
+def vgg13_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-13 trunk with batch norm, 512 channels at /32."""
+    return _backbone("vgg13_bn", in_channels, **kwargs)
+
+
+@register_backbone("vgg16")
+def vgg16_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-16 (configuration D) convolutional trunk, 512 channels at /32."""
+    return _backbone("vgg16", in_channels, **kwargs)
+
+
+@register_backbone("vgg16_bn")
+def vgg16_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-16 trunk with batch norm, 512 channels at /32."""
+    return _backbone("vgg16_bn", in_channels, **kwargs)
+
+
+@register_backbone("vgg19")
+def vgg19_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-19 (configuration E) convolutional trunk, 512 channels at /32."""
+    return _backbone("vgg19", in_channels, **kwargs)
+
+
+@register_backbone("vgg19_bn")
+def vgg19_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+    """VGG-19 trunk with batch norm, 512 channels at /32."""
+    return _backbone("vgg19_bn", in_channels, **kwargs)
+
+
+@register_model("vgg11")
+def vgg11(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-11 classifier, 132.9M parameters (torchvision layout)."""
+    return _model("vgg11", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg11_bn")
+def vgg11_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-11 classifier with batch norm (torchvision layout)."""
+    return _model("vgg11_bn", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg13")
+def vgg13(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-13 classifier, 133.0M parameters (torchvision layout)."""
+    return _model("vgg13", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg13_bn")
+def vgg13_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-13 classifier with batch norm (torchvision layout)."""
+    return _model("vgg13_bn", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg16")
+def vgg16(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-16 classifier, 138.4M parameters (torchvision layout)."""
+    return _model("vgg16", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg16_bn")
+def vgg16_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-16 classifier with batch norm (torchvision layout)."""
+    return _model("vgg16_bn", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg19")
+def vgg19(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-19 classifier, 143.7M parameters (torchvision layout)."""
+    return _model("vgg19", num_classes, in_channels, weights, **kwargs)
+
+
+@register_model("vgg19_bn")
+def vgg19_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+    """VGG-19 classifier with batch norm (torchvision layout)."""
+    return _model("vgg19_bn", num_classes, in_channels, weights, **kwargs)
