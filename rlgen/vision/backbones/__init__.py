@@ -57,6 +57,7 @@ def create_model(
 # Built-in architectures register themselves on import.
 from rlgen.vision.backbones import (  # noqa: E402, F401
     alexnet,
+    dcgan_discriminator,
     deepface,
     googlenet,
     lenet,
