@@ -99,7 +99,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         tp, optional = _strip_optional(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "required": required}
         if required:

@@ -74,7 +74,10 @@ class RunLogger:
         if config is not None:
             config_text = json.dumps(self.config, indent=2, default=str)
             (self.run_dir / "config.json").write_text(config_text)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        # On resume, events written after the checkpoint (by the run that crashed) are purged so
+        # TensorBoard does not show two curves over the same steps.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir),
+                                    purge_step=initial_step if initial_step > 0 else None)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a", buffering=1)
         self._last_step = initial_step
         self._bar = None

@@ -542,7 +542,8 @@ def make_vector_env(env_id: str, *, num_envs: int = 1, seed: int = 0, backend: s
     the module docstring whatever frame skip or sticky-action default their id registers:
     ``frame_skip`` and ``repeat_action_probability`` here win (default 0.0 as in CleanRL's
     NoFrameskip-v4 runs; Machado et al. recommend 0.25). ``training`` switches episodic life
-    and reward clipping on unless ``terminal_on_life_loss`` / ``clip_rewards`` say otherwise.
+    and (for Atari only) reward clipping on unless ``terminal_on_life_loss`` / ``clip_rewards``
+    say otherwise.
     ``frame_stack``, ``frame_skip``, ``noop_max``, ``screen_size``, ``grayscale``,
     ``fire_reset`` and ``max_episode_frames`` apply to Atari only; other gymnasium envs keep
     their own time limit and return float32 observations (uint8 pixel ones stay uint8).
@@ -563,7 +564,9 @@ def make_vector_env(env_id: str, *, num_envs: int = 1, seed: int = 0, backend: s
     spec = resolve_spec(env_id)
     atari = spec.entry_point == _ATARI_ENTRY_POINT
     life_loss = training if terminal_on_life_loss is None else terminal_on_life_loss
-    clip = training if clip_rewards is None else clip_rewards
+    # Reward clipping is an Atari convention (scores differ by orders of magnitude between
+    # games); other envs keep their rewards unless asked.
+    clip = (training and atari) if clip_rewards is None else clip_rewards
     common = dict(env_id=env_id, num_envs=num_envs, seed=seed, is_atari=atari,
                   clip_rewards=clip)
 

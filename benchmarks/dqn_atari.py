@@ -1,0 +1,122 @@
+"""DQN (Nature settings) on a real ALE game: speed of the learning phase and where time goes.
+
+Runs ``rlgen.agents.dqn.train`` itself (not a copy of its loop) for ``--steps`` agent steps,
+learning from ``--learning-starts`` on, and prints one JSON object per line:
+
+- ``sps``: agent steps per second over the learning phase (one update per 4 steps, batch 32);
+- ``time_fraction_env`` / ``_act`` / ``_sample`` / ``_update`` / ``_other``: the split of the
+  learning phase between env stepping, action selection (epsilon-greedy forward), replay
+  sampling, the gradient update (target forward, online forward/backward, Adam) and everything
+  else (the framework's own overhead: replay insertion, episode stats, logging, checkpoints);
+- ``peak_rss_mb`` (the process's peak resident memory) and ``replay_bytes_per_transition``
+  (the replay's allocated bytes / its capacity).
+
+Example: ``python benchmarks/dqn_atari.py --env ALE/Breakout-v5 --steps 6000
+--learning-starts 2000 --buffer-size 10000 --threads 2``. Runs on the GPU when there is one
+(``--device auto``).
+
+``--omp-wait-policy`` sets ``OMP_WAIT_POLICY`` before torch starts (default: leave it). On a
+quiet machine OpenMP's busy-waiting is fastest; when other processes share the cores, two
+busy-waiting intra-op threads stall at every barrier (updates measured 5-10x slower on this
+2-core machine) and ``passive`` keeps them usable. It must be set before ``import torch``, so
+for the ``rlgen`` command it is an environment variable (``OMP_WAIT_POLICY=PASSIVE rlgen ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="ALE/Breakout-v5", help="ALE game id")
+    parser.add_argument("--steps", type=int, default=3000, help="total agent steps")
+    parser.add_argument("--learning-starts", type=int, default=1000,
+                        help="agent steps before the first update")
+    parser.add_argument("--buffer-size", type=int, default=10_000, help="replay capacity")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-frequency", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--precision", default="32", choices=["32", "16-mixed", "bf16-mixed"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--backend", default="auto", help="vector env backend")
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory format (default: auto = on for images)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the Q-network")
+    parser.add_argument("--double", action="store_true")
+    parser.add_argument("--dueling", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--omp-wait-policy", default="inherit",
+                        choices=["passive", "active", "inherit"],
+                        help="OMP_WAIT_POLICY for torch's threads (inherit: leave the env var)")
+    args = parser.parse_args(argv)
+    if args.omp_wait_policy != "inherit":
+        if "torch" in sys.modules:
+            print("warning: torch already imported, --omp-wait-policy has no effect",
+                  file=sys.stderr)
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    if args.steps <= args.learning_starts:
+        parser.error(f"--steps ({args.steps}) must exceed --learning-starts "
+                     f"({args.learning_starts})")
+
+    import torch
+
+    from rlgen.agents.dqn import DQNConfig, train
+    from rlgen.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="rlgen-bench-dqn-") as run_dir:
+        config = DQNConfig(
+            env_id=args.env, total_timesteps=args.steps, learning_starts=args.learning_starts,
+            buffer_size=args.buffer_size, batch_size=args.batch_size,
+            train_frequency=args.train_frequency, device=str(device), precision=args.precision,
+            torch_threads=args.threads, env_backend=args.backend, num_envs=args.num_envs,
+            compile=args.compile, double=args.double, dueling=args.dueling, seed=args.seed,
+            channels_last=args.channels_last, eval_episodes=0, checkpoint_frequency=0,
+            progress=False, run_dir=run_dir,
+        )
+        start = time.perf_counter()
+        metrics = train(config)
+        wall = time.perf_counter() - start
+    settings = {
+        "env": args.env, "steps": args.steps, "learning_starts": args.learning_starts,
+        "buffer_size": args.buffer_size, "batch_size": args.batch_size,
+        "device": str(device), "precision": args.precision,
+        "threads": args.threads or torch.get_num_threads(), "backend": args.backend,
+        "num_envs": args.num_envs, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "channels_last": "auto" if args.channels_last is None else args.channels_last,
+    }
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rows = [
+        ("sps", metrics["sps_learning"], "steps/s"),
+        ("sps_overall", metrics["sps"], "steps/s"),
+        ("cpu_ms_per_step", metrics["cpu_ms_per_step_learning"], "ms"),
+        ("time_fraction_env", metrics["time_fraction_env"], "fraction"),
+        ("time_fraction_act", metrics["time_fraction_act"], "fraction"),
+        ("time_fraction_sample", metrics["time_fraction_sample"], "fraction"),
+        ("time_fraction_update", metrics["time_fraction_update"], "fraction"),
+        ("time_fraction_other", metrics["time_fraction_other"], "fraction"),
+        ("updates", metrics["num_updates"], "count"),
+        ("peak_rss_mb", peak_rss_mb, "MiB"),
+        ("replay_bytes_per_transition", metrics["replay_bytes"] / args.buffer_size, "bytes"),
+        ("wall_time", wall, "s"),
+    ]
+    for metric, value, unit in rows:
+        print(json.dumps({"benchmark": "dqn_atari", "metric": metric,
+                          "value": round(float(value), 4), "unit": unit, **settings}))
+    print(json.dumps({"benchmark": "dqn_atari", "metric": "summary",
+                      "value": round(float(metrics["sps_learning"]), 2), "unit": "steps/s",
+                      **{name: round(float(value), 4) for name, value, _ in rows}, **settings}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The README's commands are the user's first contact: every `rlgen train|eval|sample` line in it
+must parse with the current flags, and .ci/run must run the README's test command."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rlgen.cli import parse_config
+from rlgen.registry import TRAINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _shell_blocks() -> list[str]:
+    """Text of the README's ``` / ```bash blocks (not python or toml ones)."""
+    blocks, current, lang = [], None, None
+    for line in README.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, lang = [], line[3:].strip()
+            else:
+                if lang in ("", "bash", "sh"):
+                    blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def _readme_commands() -> list[list[str]]:
+    commands = []
+    for block in _shell_blocks():
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("#")[0].split("&&"):
+                words = shlex.split(part)
+                if len(words) > 2 and words[0].endswith("rlgen") and words[1] in (
+                    "train", "eval", "sample"
+                ) and not words[2].isupper():  # NAME is a placeholder
+                    commands.append(words[1:])
+    return commands
+
+
+COMMANDS = _readme_commands()
+
+
+def test_readme_has_commands_for_every_trainer():
+    names = {(cmd, name) for cmd, name, *_ in COMMANDS}
+    for trainer in ("dqn", "vae", "autoencoder", "dcgan"):
+        assert ("train", trainer) in names
+        assert ("eval", trainer) in names
+    for trainer in ("vae", "autoencoder", "dcgan"):
+        assert ("sample", trainer) in names
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
+def test_readme_command_parses(argv):
+    command, name, *flags = argv
+    spec = TRAINERS.create(name)
+    if command == "train":
+        config_cls = spec.config
+    else:
+        config_cls = (spec.evaluate if command == "eval" else spec.sample)[0]
+    try:
+        parse_config(config_cls, flags, f"rlgen {command} {name}")
+    except ValueError as exc:
+        # Device flags in the README are for CUDA machines; everything else must validate.
+        if "CUDA" not in str(exc):
+            raise
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci
+    block = re.search(r"<!-- test-command -->\n```\n(.*?)\n```", README, flags=re.S)
+    assert block and "pytest" in block.group(1) and "pip install torch==2.13.0" in block.group(1)
