@@ -37,6 +37,7 @@ from rlgen.generative.common import (
     dataset_images,
     evaluating,
     flat_features,
+    load_for_evaluation,
     load_split,
     make_batches,
     register_generative,
@@ -299,33 +300,14 @@ class AutoencoderEvalConfig:
 
 def evaluate(config: AutoencoderEvalConfig) -> dict[str, Any]:
     """``rlgen eval autoencoder``: prints one JSON line with the figures and returns them."""
-    from rlgen.checkpoint import load_checkpoint
-    from rlgen.generative.common import load_generative
-    from rlgen.runtime import resolve_device
-
-    device = resolve_device(config.device)
-    state = load_checkpoint(config.checkpoint)
-    model = load_generative(config.checkpoint, device=device)
-    if model.kind != "autoencoder":
-        raise ValueError(f"{config.checkpoint} holds a {model.kind!r} model, not an "
-                         f"autoencoder; use `rlgen eval {model.kind}`")
-    trained = state.get("config", {})
-    data_config = GenerativeTrainConfig(
-        dataset=config.dataset or trained.get("dataset", "mnist"),
-        data_root=config.data_root or trained.get("data_root", "data"),
-        image_size=trained.get("image_size"),
+    model, x, dataset = load_for_evaluation(
+        config.checkpoint, "autoencoder", device=config.device, dataset=config.dataset,
+        data_root=config.data_root, split=config.split, num_images=config.num_images,
     )
-    x = load_split(data_config, train=config.split == "train").images
-    if config.num_images is not None:
-        x = x[: config.num_images]
-    x = x.to(device).float().div_(255.0)
-    if tuple(x.shape[1:]) != tuple(model.image_shape):
-        raise ValueError(f"the data's images are {tuple(x.shape[1:])}, the model expects "
-                         f"{tuple(model.image_shape)}; pass the dataset it was trained on")
     metrics = evaluate_model(model, x, config.noise, config.noise_level, config.seed,
                              config.batch_size)
     result = {
-        "checkpoint": str(config.checkpoint), "dataset": data_config.dataset,
+        "checkpoint": str(config.checkpoint), "dataset": dataset,
         "split": config.split, "images": int(x.shape[0]), "noise": config.noise,
         "mse_per_pixel": metrics["eval/mse"], "bce_per_pixel": metrics["eval/bce"],
     }

@@ -518,6 +518,44 @@ def load_split(config: GenerativeTrainConfig, train: bool = True):
     )
 
 
+def load_for_evaluation(
+    checkpoint: str | Path,
+    kind: str,
+    *,
+    device: str | torch.device = "cpu",
+    dataset: str | None = None,
+    data_root: str | None = None,
+    split: str = "test",
+    num_images: int | None = None,
+) -> tuple[GenerativeModel, torch.Tensor, str]:
+    """The model of a ``kind`` checkpoint and the images of a split (float in [0, 1], on
+    ``device``) of the dataset it was trained on, unless ``dataset`` / ``data_root`` override.
+    Returns ``(model, images, dataset_name)``; used by ``rlgen eval vae|autoencoder``."""
+    from rlgen.checkpoint import load_checkpoint
+    from rlgen.runtime import resolve_device
+
+    device = resolve_device(device)
+    state = load_checkpoint(checkpoint)
+    model = load_generative(checkpoint, device=device)
+    if model.kind != kind:
+        raise ValueError(f"{checkpoint} holds a {model.kind!r} model, not a {kind!r} one; "
+                         f"use `rlgen eval {model.kind}`")
+    trained = state.get("config", {})
+    data_config = GenerativeTrainConfig(
+        dataset=dataset or trained.get("dataset", "mnist"),
+        data_root=data_root or trained.get("data_root", "data"),
+        image_size=trained.get("image_size"),
+    )
+    x = load_split(data_config, train=split == "train").images
+    if num_images is not None:
+        x = x[:num_images]
+    x = x.to(device).float().div_(255.0)
+    if tuple(x.shape[1:]) != tuple(model.image_shape):
+        raise ValueError(f"the data's images are {tuple(x.shape[1:])}, the model expects "
+                         f"{tuple(model.image_shape)}; pass the dataset it was trained on")
+    return model, x, data_config.dataset
+
+
 def dataset_images(dataset) -> torch.Tensor:
     """The uint8 ``(N, C, H, W)`` images of a dataset (``.images`` or stacked items)."""
     images = getattr(dataset, "images", None)
