@@ -525,6 +525,8 @@ def train(config: DQNConfig) -> dict:
             logger.print(f"eval over {config.eval_episodes} episodes: mean {result['mean']:.2f} "
                          f"std {result['std']:.2f} min {result['min']:.2f} max {result['max']:.2f}")
         metrics["run_dir"], metrics["checkpoint"] = str(run_dir), str(final_checkpoint)
+        logger.print(f"dqn {config.env_id}: {global_step} steps at {metrics['sps']:.0f} SPS; "
+                     f"checkpoint {final_checkpoint}; `tensorboard --logdir {run_dir.parent}`")
         logger.hparams({k: v for k, v in metrics.items()
                         if isinstance(v, int | float) and math.isfinite(v)})
         return metrics
