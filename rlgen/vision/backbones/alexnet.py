@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rlgen.vision.backbones import register_backbone, register_model
-from rlgen.vision.backbones.base import Backbone, FeatureInfo
+from rlgen.vision.backbones.base import Backbone, FeatureInfo, SequentialHeadMixin
 from rlgen.vision.backbones.weights import load_weights
 
 #: the paper's constants (section 3.3): n 5 neighbouring channels, k 2, alpha 1e-4, beta 0.75
@@ -90,7 +90,7 @@ class AlexNetBackbone(Backbone):
         return self.features(x)
 
 
-class AlexNet(AlexNetBackbone):
+class AlexNet(SequentialHeadMixin, AlexNetBackbone):
     """AlexNet classifier: ``features`` + 6x6 adaptive average pool + ``classifier``."""
 
     def __init__(
@@ -112,20 +112,6 @@ class AlexNet(AlexNetBackbone):
             nn.Linear(4096, num_classes),
         )
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer (``classifier.6``) by a fresh one."""
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        p = self.classifier[6].weight
-        self.classifier[6] = nn.Linear(4096, num_classes, device=p.device, dtype=p.dtype)
 
 
 @register_backbone("alexnet")

@@ -96,3 +96,33 @@ class Backbone(nn.Module):
         finally:
             self.train(was_training)
         return tuple(out.shape[1:])
+
+
+class SequentialHeadMixin:
+    """The torchvision-style head of AlexNet and VGG: ``avgpool`` then ``classifier``, an
+    ``nn.Sequential`` whose last layer (``classifier[-1]``) is the linear output layer."""
+
+    avgpool: nn.Module
+    classifier: nn.Sequential
+    num_classes: int
+
+    def init_output_layer(self, layer: nn.Linear) -> None:
+        """Initialization of a fresh output layer (default: PyTorch's)."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the output layer (``classifier[-1]``) by a fresh one with ``num_classes``."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        old = self.classifier[-1]
+        p = old.weight
+        self.classifier[-1] = nn.Linear(old.in_features, num_classes, device=p.device,
+                                        dtype=p.dtype)
+        self.init_output_layer(self.classifier[-1])

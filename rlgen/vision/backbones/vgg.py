@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rlgen.vision.backbones import register_backbone, register_model
-from rlgen.vision.backbones.base import Backbone, FeatureInfo
+from rlgen.vision.backbones.base import Backbone, FeatureInfo, SequentialHeadMixin
 from rlgen.vision.backbones.weights import load_weights
 
 Cfg = list[int | str]
@@ -109,7 +109,7 @@ class VGGBackbone(Backbone):
         return self.features(x)
 
 
-class VGG(VGGBackbone):
+class VGG(SequentialHeadMixin, VGGBackbone):
     """VGG classifier: ``features`` + 7x7 adaptive average pool + ``classifier`` (4096-4096-n)."""
 
     def __init__(
@@ -139,21 +139,8 @@ class VGG(VGGBackbone):
             if isinstance(m, nn.Linear):
                 _init_linear(m)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer (``classifier.6``) by a fresh one."""
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        p = self.classifier[6].weight
-        self.classifier[6] = nn.Linear(4096, num_classes, device=p.device, dtype=p.dtype)
-        _init_linear(self.classifier[6])
+    def init_output_layer(self, layer: nn.Linear) -> None:
+        _init_linear(layer)
 
 
 def _init_linear(m: nn.Linear) -> None:
