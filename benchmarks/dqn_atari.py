@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last memory format (default: auto = on for images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the Q-network")
+    parser.add_argument("--prefetch-targets", action=argparse.BooleanOptionalAction, default=None,
+                        help="target Q-values on a second core while acting (default: auto)")
     parser.add_argument("--double", action="store_true")
     parser.add_argument("--dueling", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             train_frequency=args.train_frequency, device=str(device), precision=args.precision,
             torch_threads=args.threads, env_backend=args.backend, num_envs=args.num_envs,
             compile=args.compile, double=args.double, dueling=args.dueling, seed=args.seed,
-            channels_last=args.channels_last, eval_episodes=0, checkpoint_frequency=0,
+            channels_last=args.channels_last, prefetch_targets=args.prefetch_targets,
+            eval_episodes=0, checkpoint_frequency=0,
             progress=False, run_dir=run_dir,
         )
         start = time.perf_counter()
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads or torch.get_num_threads(), "backend": args.backend,
         "num_envs": args.num_envs, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "channels_last": "auto" if args.channels_last is None else args.channels_last,
+        "prefetch_targets": "auto" if args.prefetch_targets is None else args.prefetch_targets,
     }
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     rows = [

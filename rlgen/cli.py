@@ -20,7 +20,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 import rlgen
-from rlgen.checkpoint import CheckpointError
+from rlgen.openmp import set_openmp_defaults
 from rlgen.registry import REGISTRIES, TRAINERS, UnknownNameError
 
 EXIT_USAGE = 2
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_openmp_defaults()  # before anything imports torch
+    from rlgen.checkpoint import CheckpointError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +132,10 @@ class DQNConfig:
     channels-last kernels run the Nature CNN update faster on CPU; tensor cores like it)"""
     compile: bool = False
     """torch.compile the Q-network"""
+    prefetch_targets: bool | None = None
+    """compute the next update's target Q-values on a second CPU core while the agent acts (the
+    next batch is then drawn right after an update, so it never holds the train_frequency newest
+    transitions); None = on for CPU runs with >= 2 torch threads and no --compile"""
     torch_threads: int | None = None
     """torch intra-op threads (None = torch's default, usually the number of cores)"""
     deterministic: bool = False
@@ -284,7 +289,7 @@ def _pop_stats(envs: Any) -> list[tuple[float, int]]:
 def train(config: DQNConfig) -> dict:
     """Train a DQN agent; returns the final metrics (also in TensorBoard and metrics.jsonl)."""
     from rlgen.agents.envs import make_vector_env
-    from rlgen.agents.replay import ReplayBuffer
+    from rlgen.agents.replay import ReplayBatch, ReplayBuffer
     from rlgen.checkpoint import CheckpointManager, rng_state, set_rng_state
     from rlgen.logger import RunLogger, make_run_dir
     from rlgen.runtime import (
@@ -341,7 +346,13 @@ def train(config: DQNConfig) -> dict:
                       prioritized=config.prioritized, alpha=config.prioritized_alpha,
                       beta=config.prioritized_beta, seed=config.seed)
     explore_rng = np.random.default_rng(config.seed)
-    act_threads = 1 if device.type == "cpu" and torch.get_num_threads() > 1 else None
+    learn_threads = torch.get_num_threads()
+    act_threads = 1 if device.type == "cpu" and learn_threads > 1 else None
+    # While the agent acts on one core, a second core computes the next update's target
+    # Q-values (its batch is drawn right after the previous update); see prefetch_targets.
+    prefetch = config.prefetch_targets
+    if prefetch is None:
+        prefetch = device.type == "cpu" and learn_threads > 1 and not config.compile
 
     # 3. Counters; a resumed run restores everything it saved.
     global_step = num_updates = episodes = 0
@@ -392,6 +403,9 @@ def train(config: DQNConfig) -> dict:
             "rng": rng_state(), "explore_rng": json.dumps(explore_rng.bit_generator.state),
             "env_pickle": _pickle_envs(envs) if config.save_env_state else None,
             "obs": torch.from_numpy(np.asarray(obs)),
+            # The batch already drawn for the next update (its draw consumed replay RNG).
+            "pending_batch": None if pending is None else torch.from_numpy(pending[0].indices),
+            "pending_weights": None if pending is None else pending[0].weights.cpu(),
         }
         path = checkpoints.save(state, global_step)
         for old in (run_dir / "checkpoints").glob("replay_*.npz"):  # only the newest is kept
@@ -409,6 +423,32 @@ def train(config: DQNConfig) -> dict:
     learning_step0, learning_cpu0 = None, 0.0
     start_step, start_time = global_step, time.perf_counter()
     loss = q_taken = None
+
+    def next_q_values(batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q-values of the batch's next observations: target net (and online net, Double)."""
+        with torch.no_grad(), precision.autocast():
+            target_q = target_net(batch.next_obs).float()
+            online_q = q_net(batch.next_obs).float() if config.double else None
+        return target_q, online_q
+
+    def next_q_values_beside_acting(batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        torch.set_num_threads(1)  # the acting thread has the other core
+        return next_q_values(batch)
+
+    def start_next_batch(batch: ReplayBatch) -> tuple[ReplayBatch, Future | None]:
+        # Safe beside acting: the batch is a copy of the replay's frames, and the weights it
+        # reads change only in the next optimizer step, after the result is collected.
+        return batch, (worker.submit(next_q_values_beside_acting, batch) if worker else None)
+
+    def beta_at(step: int) -> float:  # prioritized replay's importance exponent, annealed to 1
+        return linear_schedule(config.prioritized_beta, 1.0, config.total_timesteps, step)
+
+    worker = ThreadPoolExecutor(1, thread_name_prefix="rlgen-next-q") if prefetch else None
+    # (batch, future of its next_q_values) of the next update, drawn right after the last one.
+    pending: tuple[ReplayBatch, Future | None] | None = None
+    if saved is not None and saved.get("pending_batch") is not None and len(rb) > 0:
+        pending = start_next_batch(rb.gather(saved["pending_batch"].numpy(),
+                                             saved["pending_weights"].numpy()))
 
     # 4. The loop: act, step, store, learn, log, checkpoint.
     try:
@@ -449,14 +489,16 @@ def train(config: DQNConfig) -> dict:
                     due = (global_step // config.train_frequency
                            - prev_step // config.train_frequency)
                     for _ in range(due):
-                        beta = linear_schedule(config.prioritized_beta, 1.0,
-                                               config.total_timesteps, global_step)
-                        ts = time.perf_counter()
-                        batch = rb.sample(config.batch_size, beta=beta)
-                        timers["sample"] += time.perf_counter() - ts
-                        with torch.no_grad(), precision.autocast():
-                            next_q_target = target_net(batch.next_obs).float()
-                            next_q_online = q_net(batch.next_obs).float() if config.double else None
+                        if pending is not None:
+                            (batch, future), pending = pending, None
+                            next_q_target, next_q_online = (future.result() if future
+                                                            else next_q_values(batch))
+                        else:
+                            ts = time.perf_counter()
+                            batch = rb.sample(config.batch_size, beta=beta_at(global_step))
+                            timers["sample"] += time.perf_counter() - ts
+                            next_q_target, next_q_online = next_q_values(batch)
+                        torch.set_num_threads(learn_threads)
                         target = td_target(batch.rewards, batch.discounts, next_q_target,
                                            next_q_online)
                         with precision.autocast():
@@ -472,6 +514,11 @@ def train(config: DQNConfig) -> dict:
                     if (global_step // config.target_network_frequency
                             != prev_step // config.target_network_frequency):
                         update_target(target_network, q_network, config.tau)
+                    if prefetch and due:
+                        ts = time.perf_counter()
+                        pending = start_next_batch(
+                            rb.sample(config.batch_size, beta=beta_at(global_step)))
+                        timers["sample"] += time.perf_counter() - ts
                 t4 = time.perf_counter()
                 timers["act"] += t1 - t0
                 timers["env"] += t2 - t1
@@ -503,7 +550,7 @@ def train(config: DQNConfig) -> dict:
             "global_step": global_step, "num_updates": num_updates, "episodes": episodes,
             "mean_return_last100": float(np.mean(recent_returns)) if recent_returns else math.nan,
             "sps": (global_step - start_step) / max(total_time, 1e-9),
-            "replay_bytes": int(rb.nbytes),
+            "replay_bytes": int(rb.nbytes), "prefetch_targets": prefetch,
         }
         if learning_timers is not None:
             phase = {k: timers[k] - learning_timers[k] for k in timers}
@@ -531,6 +578,8 @@ def train(config: DQNConfig) -> dict:
                         if isinstance(v, int | float) and math.isfinite(v)})
         return metrics
     finally:
+        if worker is not None:
+            worker.shutdown(wait=True)
         logger.close()
         envs.close()
         torch.set_num_threads(threads_before)

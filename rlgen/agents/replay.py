@@ -270,6 +270,11 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, beta: float | None = None) -> ReplayBatch:
         """``batch_size`` transitions, uniformly or by priority (with replacement)."""
+        return self.gather(*self.draw(batch_size, beta))
+
+    def draw(self, batch_size: int, beta: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The slot ids of a batch and their importance weights (ones unless prioritized),
+        without reading any frames: ``sample`` is ``gather(*draw(...))``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._num_valid == 0:
@@ -283,7 +288,26 @@ class ReplayBuffer:
         else:
             indices = self._sample_uniform(batch_size)
             weights = np.ones(batch_size, dtype=np.float64)
+        return indices, weights
+
+    def gather(self, indices, weights=None) -> ReplayBatch:
+        """The batch of the transitions at slot ids ``indices`` (from ``draw``), as tensors on
+        the buffer's device; ``weights`` default to ones. Every slot must still hold a
+        sampleable transition (a ValueError names the first that does not)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        batch_size = indices.size
+        if batch_size == 0:
+            raise ValueError("gather needs at least one slot id")
+        if indices.min() < 0 or indices.max() >= self.num_envs * self.slots:
+            raise ValueError(f"slot ids must be in [0, {self.num_envs * self.slots}), got "
+                             f"{indices.min()} .. {indices.max()}")
+        weights = (np.ones(batch_size, dtype=np.float64) if weights is None
+                   else np.asarray(weights, dtype=np.float64).reshape(batch_size))
         env, pos = np.divmod(indices, self.slots)
+        stale = (self._flags[env, pos] & _VALID) == 0
+        if stale.any():
+            raise ValueError(f"slot {indices[stale][0]} holds no sampleable transition (never "
+                             "written, or overwritten since it was drawn)")
         k, n, s = self.frame_stack, self.n_step, self.slots
         if n == 1:
             steps = np.ones(batch_size, dtype=np.int64)

@@ -167,21 +167,29 @@ RESUME = dict(env_id="CartPole-v1", total_timesteps=1_200, learning_rate=1e-3, b
               save_replay=True, save_env_state=True)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    full = train(DQNConfig(**RESUME, run_dir=str(tmp_path / "full"), **CPU))
+# Two torch threads switch on the default prefetch of target Q-values (a second thread
+# computes the next update's targets while the agent acts): the batch it has drawn at the save
+# point is in the checkpoint, so the continuation is exact with it too.
+@pytest.mark.parametrize("threads,prefetch", [(1, False), (2, True)])
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
+        tmp_path, monkeypatch, threads, prefetch):
+    cpu = {**CPU, "torch_threads": threads}
+    full = train(DQNConfig(**RESUME, run_dir=str(tmp_path / "full"), **cpu))
+    assert full["prefetch_targets"] is prefetch
 
     _stop_at(monkeypatch, 600)
     with pytest.raises(KeyboardInterrupt):
-        train(DQNConfig(**RESUME, run_dir=str(tmp_path / "part"), **CPU))
+        train(DQNConfig(**RESUME, run_dir=str(tmp_path / "part"), **cpu))
     monkeypatch.undo()
     saved = load_checkpoint(tmp_path / "part")
     assert saved["global_step"] == 600  # saved at the end of the interrupted step
     assert (tmp_path / "part" / "checkpoints" / saved["replay_file"]).is_file()
+    assert (saved["pending_batch"] is not None) is prefetch
 
     # The checkpoint holds the state at the save point: network outputs, epsilon position.
     q_saved, _ = load_q_network(tmp_path / "part")
     probe = torch.linspace(-1, 1, 4 * 5).reshape(5, 4)
-    resumed = train(DQNConfig(resume=str(tmp_path / "part"), **CPU))
+    resumed = train(DQNConfig(resume=str(tmp_path / "part"), **cpu))
     assert resumed["global_step"] == full["global_step"] == 1_200
     assert resumed["num_updates"] == full["num_updates"]
     assert resumed["episodes"] == full["episodes"]

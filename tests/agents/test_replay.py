@@ -276,6 +276,29 @@ def test_batch_types_and_shapes():
     assert batch.indices.shape == (8,)
 
 
+def test_gather_of_draw_is_sample_and_refuses_overwritten_slots():
+    batches, _ = make_stream(1, 40, seed=2, p_end=0.0)
+    a, b = (ReplayBuffer(20, (K, *FRAME), n_step=2, gamma=0.9, seed=5) for _ in range(2))
+    for args in batches[:15]:
+        a.add(*args)
+        b.add(*args)
+    sampled = a.sample(6)
+    indices, weights = b.draw(6)
+    gathered = b.gather(indices, weights)
+    np.testing.assert_array_equal(indices, sampled.indices)
+    for field in ("obs", "actions", "rewards", "next_obs", "discounts", "weights"):
+        assert torch.equal(getattr(gathered, field), getattr(sampled, field)), field
+    assert torch.equal(b.gather(indices).weights, torch.ones(6))  # weights default to ones
+    for args in batches[15:]:  # the ring wraps
+        b.add(*args)
+    # the newest slot waits for its 2-step window; the next one lost its frame history
+    stale = int(np.flatnonzero((b._flags.reshape(-1) & 8) == 0)[0])
+    with pytest.raises(ValueError, match=f"slot {stale} holds no sampleable transition"):
+        b.gather([stale])
+    with pytest.raises(ValueError, match=r"slot ids must be in \[0, 20\)"):
+        b.gather([20])
+
+
 def test_prioritized_sampling_proportions_and_weights():
     alpha, beta = 0.7, 0.5
     batches, truth = make_stream(1, 60, seed=9, p_end=0.0)
