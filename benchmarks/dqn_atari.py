@@ -15,11 +15,16 @@ Example: ``python benchmarks/dqn_atari.py --env ALE/Breakout-v5 --steps 6000
 --learning-starts 2000 --buffer-size 10000 --threads 2``. Runs on the GPU when there is one
 (``--device auto``).
 
-``--omp-wait-policy`` sets ``OMP_WAIT_POLICY`` before torch starts (default: leave it). On a
-quiet machine OpenMP's busy-waiting is fastest; when other processes share the cores, two
-busy-waiting intra-op threads stall at every barrier (updates measured 5-10x slower on this
-2-core machine) and ``passive`` keeps them usable. It must be set before ``import torch``, so
-for the ``rlgen`` command it is an environment variable (``OMP_WAIT_POLICY=PASSIVE rlgen ...``).
+Like the ``rlgen`` command, it applies ``rlgen.openmp``'s defaults (``GOMP_SPINCOUNT=10000``)
+before torch starts; ``--no-openmp-defaults`` leaves the environment as it is, and
+``--omp-wait-policy`` sets ``OMP_WAIT_POLICY``.
+
+``--compare-reference R`` measures rlgen side by side with ``dqn_reference_cleanrl.py`` (a
+rewrite of CleanRL's ``dqn_atari.py`` loop, see there) at the same settings: R rounds, each
+running the reference and then rlgen as separate processes one after the other, so both see
+the same machine load. It prints each run's ``sps`` (``impl`` rlgen or reference, ``round``),
+then ``sps_ratio`` (rlgen / reference) per round and their median as the ``summary``. The
+reference runs with the caller's environment, as a user would start CleanRL's script.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ import argparse
 import json
 import os
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--omp-wait-policy", default="inherit",
                         choices=["passive", "active", "inherit"],
                         help="OMP_WAIT_POLICY for torch's threads (inherit: leave the env var)")
+    parser.add_argument("--openmp-defaults", action=argparse.BooleanOptionalAction, default=True,
+                        help="apply rlgen.openmp's defaults, as the rlgen command does")
+    parser.add_argument("--compare-reference", type=int, default=0, metavar="ROUNDS",
+                        help="rounds of reference-then-rlgen runs (0: rlgen alone)")
     args = parser.parse_args(argv)
-    if args.omp_wait_policy != "inherit":
-        if "torch" in sys.modules:
-            print("warning: torch already imported, --omp-wait-policy has no effect",
-                  file=sys.stderr)
-        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     if args.steps <= args.learning_starts:
         parser.error(f"--steps ({args.steps}) must exceed --learning-starts "
                      f"({args.learning_starts})")
+    if args.compare_reference < 0:
+        parser.error(f"--compare-reference must be >= 0, got {args.compare_reference}")
+    if args.compare_reference:
+        return compare(args, [a for a in (argv if argv is not None else sys.argv[1:])])
+    if "torch" in sys.modules and (args.openmp_defaults or args.omp_wait_policy != "inherit"):
+        print("warning: torch already imported, OpenMP settings have no effect", file=sys.stderr)
+    if args.omp_wait_policy != "inherit":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    if args.openmp_defaults:
+        from rlgen.openmp import set_openmp_defaults
+
+        set_openmp_defaults()
 
     import torch
 
@@ -96,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads or torch.get_num_threads(), "backend": args.backend,
         "num_envs": args.num_envs, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "channels_last": "auto" if args.channels_last is None else args.channels_last,
-        "prefetch_targets": "auto" if args.prefetch_targets is None else args.prefetch_targets,
+        "prefetch_targets": metrics["prefetch_targets"],
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
     }
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     rows = [
@@ -119,6 +141,62 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"benchmark": "dqn_atari", "metric": "summary",
                       "value": round(float(metrics["sps_learning"]), 2), "unit": "steps/s",
                       **{name: round(float(value), 4) for name, value, _ in rows}, **settings}))
+    return 0
+
+
+def _run(command: list[str]) -> dict[str, dict]:
+    """Run a benchmark process; its JSON lines by metric."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {row["metric"]: row for row in rows}
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Alternate reference and rlgen runs; print both SPS and their ratio per round."""
+    if args.device not in ("auto", "cpu") or args.num_envs != 1 or args.batch_size != 32 \
+            or args.train_frequency != 4:
+        raise SystemExit("--compare-reference runs CleanRL's settings: CPU, --num-envs 1, "
+                         "--batch-size 32, --train-frequency 4")
+    shared = ["--env", args.env, "--steps", str(args.steps), "--learning-starts",
+              str(args.learning_starts), "--buffer-size", str(args.buffer_size),
+              "--seed", str(args.seed)]
+    if args.threads:
+        shared += ["--threads", str(args.threads)]
+    reference_cmd = [sys.executable, str(HERE / "dqn_reference_cleanrl.py"), *shared]
+    rlgen_cmd = [sys.executable, str(Path(__file__).resolve()),
+                 *_without_option(argv, "--compare-reference"), "--device", "cpu"]
+    ratios = []
+    for round_index in range(args.compare_reference):
+        reference = _run(reference_cmd)
+        ours = _run(rlgen_cmd)
+        ratio = ours["sps"]["value"] / reference["sps"]["value"]
+        ratios.append(ratio)
+        for impl, rows in (("reference", reference), ("rlgen", ours)):
+            for metric in ("sps", "cpu_ms_per_step", "peak_rss_mb", "replay_bytes_per_transition"):
+                print(json.dumps({**rows[metric], "benchmark": "dqn_atari_vs_reference",
+                                  "impl": impl, "round": round_index}), flush=True)
+        print(json.dumps({"benchmark": "dqn_atari_vs_reference", "metric": "sps_ratio",
+                          "value": round(ratio, 4), "unit": "x", "round": round_index}),
+              flush=True)
+    print(json.dumps({"benchmark": "dqn_atari_vs_reference", "metric": "summary",
+                      "value": round(statistics.median(ratios), 4), "unit": "x (median)",
+                      "sps_ratios": [round(r, 4) for r in ratios], "env": args.env,
+                      "steps": args.steps, "learning_starts": args.learning_starts,
+                      "threads": args.threads or "default"}))
     return 0
 
 
