@@ -17,13 +17,16 @@ Environment" (JAIR 2018):
 - a game is truncated after ``max_episode_frames`` (108,000 frames = 30 minutes) emulator
   frames, no-op frames at reset not counted.
 
-Backends, all normalized to the SAME-STEP autoreset of ``notes/AGENTS_API.md``:
+Backends, all normalized to the same-step autoreset of :class:`VecEnv` (an env that ends is
+reset in the same ``step``, which returns the true final observation separately):
 ``"sync"`` / ``"async"`` run this module's gymnasium wrappers in gymnasium's
 SyncVectorEnv / AsyncVectorEnv; ``"ale-vector"`` is ale-py's C++ ``AtariVectorEnv`` with the
 same preprocessing built in (its FIRE and no-op reset, its stale-frame behaviour when a game
 ends inside a frame skip, and even its no-op random numbers are reproduced by the wrappers
 here, so for the same seed and actions both give identical observations); ``"envpool"`` if
-that package is installed. Lives, reward clipping and episode scores are handled in
+that package is installed (frames stacked here with the same zero padding; identical to
+``"ale-vector"`` with fire-on-reset and no no-op starts, see ``optional_tests/test_envpool.py``
+for the measured differences otherwise). Lives, reward clipping and episode scores are handled in
 :class:`VecEnv` itself, identically for every backend.
 
 Other gymnasium environments (CartPole-v1, ...) get the same interface and none of the Atari
@@ -346,10 +349,13 @@ class _AleVectorBackend:
 
 
 class _EnvPoolBackend:
-    """EnvPool's Atari envs (untested here: EnvPool is not installed in the rlgen CI).
+    """EnvPool's Atari envs, with rlgen's frame stacking and same-step autoreset.
 
-    EnvPool resets an env on the step *after* its episode ended; an explicit
-    ``reset(env_id=...)`` of the envs that just ended turns that into a same-step reset.
+    EnvPool stacks frames itself but pads a new game's stack with copies of its first frame,
+    and resets an env on the step *after* its episode ended. Here EnvPool delivers single
+    frames (``stack_num=1``); the stack is kept in numpy with zero padding like the other
+    backends, and the envs that just ended are reset at once (``reset(env_id=...)``). EnvPool
+    crashes with ``noop_max=0``; its ``noop_max=1`` (always zero no-ops) means the same.
     """
 
     def __init__(self, task_id: str, num_envs: int, seed: int, *, frame_stack: int,
@@ -363,33 +369,42 @@ class _EnvPoolBackend:
                            "(or use backend='ale-vector' / 'sync')") from exc
         self.vec = envpool.make(
             task_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
-            episodic_life=False, reward_clip=False, stack_num=frame_stack,
-            frame_skip=frame_skip, noop_max=noop_max, img_height=screen_size,
+            episodic_life=False, reward_clip=False, stack_num=1,
+            frame_skip=frame_skip, noop_max=max(noop_max, 1), img_height=screen_size,
             img_width=screen_size, gray_scale=grayscale, use_fire_reset=fire_reset,
             repeat_action_probability=repeat_action_probability,
             max_episode_steps=max(1, max_episode_frames // frame_skip))
         self.num_envs = num_envs
-        self.single_observation_space = self.vec.observation_space
+        frame = self.vec.observation_space
+        self._stack = np.zeros((num_envs, frame_stack, *frame.shape[1:]), dtype=frame.dtype)
+        self.single_observation_space = gym.spaces.Box(
+            0, 255, self._stack.shape[1:], dtype=frame.dtype)
         self.single_action_space = self.vec.action_space
+
+    def _restart(self, ids: np.ndarray, first_frames: np.ndarray) -> None:
+        self._stack[ids] = 0
+        self._stack[ids, -1] = first_frames[:, 0]
 
     def reset(self, seed: int | None):
         obs, info = self.vec.reset()
-        return obs, np.asarray(info["lives"])
+        self._restart(np.arange(self.num_envs), obs)
+        return self._stack.copy(), np.asarray(info["lives"])
 
     def step(self, actions: np.ndarray):
-        obs, rewards, terminated, truncated, info = self.vec.step(actions)
+        frames, rewards, terminated, truncated, info = self.vec.step(actions)
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         lives = np.asarray(info["lives"]).copy()
+        self._stack[:, :-1] = self._stack[:, 1:]
+        self._stack[:, -1] = frames[:, 0]
+        final_obs = self._stack.copy()
         done = terminated | truncated
-        final_obs = obs
         if done.any():
-            final_obs = obs.copy()
             ids = np.flatnonzero(done)
-            new_obs, new_info = self.vec.reset(env_id=ids)
-            obs = obs.copy()
-            obs[ids] = new_obs
+            new_frames, new_info = self.vec.reset(env_id=ids)
+            self._restart(ids, new_frames)
             lives[ids] = np.asarray(new_info["lives"])
+        obs = self._stack.copy() if done.any() else final_obs
         return obs, np.asarray(rewards, dtype=np.float64), terminated, truncated, final_obs, lives
 
     def render(self, i: int) -> np.ndarray:

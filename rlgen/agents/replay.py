@@ -58,7 +58,7 @@ _ENDED = _TERMINATED | _TRUNCATED
 
 @dataclass
 class ReplayBatch:
-    """A sampled batch; tensors on the buffer's device (see notes/AGENTS_API.md).
+    """A sampled batch; tensors on the buffer's device.
 
     ``obs`` and ``next_obs`` may be (non-contiguous) views of one gathered block of frames:
     read them, do not write into them."""
