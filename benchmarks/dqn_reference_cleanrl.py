@@ -5,9 +5,10 @@ Atari wrappers; this project uses gymnasium 1.x), so this file is an independent
 what it does each step, at its settings, for speed comparisons only (``benchmarks/dqn_atari.py
 --compare-reference``). Everything that costs time is kept as CleanRL has it:
 
-- one env in a gymnasium ``SyncVectorEnv``; Atari preprocessing in Python wrappers (gymnasium's
-  ``AtariPreprocessing``: no-op starts, frame skip 4 with max-pooling, 84x84 grayscale, life
-  loss ends the episode; fire on reset; sign-clipped rewards; a stack of 4 frames);
+- one env in a gymnasium ``SyncVectorEnv`` with CleanRL's wrapper stack in Python (those of
+  Stable-Baselines3, rewritten here): up to 30 no-op starts, frame skip 4 with a max over the
+  last two full-size RGB frames, life loss ends the episode, fire on reset, sign-clipped
+  rewards, then gymnasium's 84x84 resize, grayscale and a stack of 4 frames;
 - a Stable-Baselines3-style replay with ``optimize_memory_usage=True``: one ``(N, 1, 4, 84, 84)``
   uint8 array of 4-frame stacks, the next observation read from the following slot, batches
   copied to tensors with ``torch.tensor``;
@@ -38,18 +39,84 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class NoopStart(gym.Wrapper):
+    """1 to ``noop_max`` no-op steps after each reset."""
+
+    def __init__(self, env, noop_max: int = 30):
+        super().__init__(env)
+        self.noop_max = noop_max
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.unwrapped.np_random.integers(1, self.noop_max + 1)):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class RepeatAndMaxPool(gym.Wrapper):
+    """Repeat each action ``skip`` times; return the summed reward and the pixel-wise max of the
+    last two (full-size RGB) frames."""
+
+    def __init__(self, env, skip: int = 4):
+        super().__init__(env)
+        self.skip = skip
+        self.frames = np.zeros((2, *env.observation_space.shape), dtype=np.uint8)
+
+    def step(self, action):
+        total, terminated, truncated, info = 0.0, False, False, {}
+        for i in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            if i >= self.skip - 2:
+                self.frames[i - (self.skip - 2)] = obs
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return self.frames.max(axis=0), total, terminated, truncated, info
+
+
+class LifeLossEndsEpisode(gym.Wrapper):
+    """A lost life ends the training episode; the game itself goes on (reset = a no-op step)
+    until it is really over."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.lives, self.game_over = 0, True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, _, _, info = self.env.step(0)
+        self.lives = self.unwrapped.ale.lives()
+        return obs, info
+
+
 class FireOnReset(gym.Wrapper):
-    """Press FIRE after each reset (games such as Breakout wait for it)."""
+    """Press FIRE (then action 2) after each reset, for games that wait for it."""
 
     def reset(self, **kwargs):
         self.env.reset(**kwargs)
-        obs, _, terminated, truncated, info = self.env.step(1)
-        if terminated or truncated:
-            obs, info = self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
         return obs, info
 
 
 def make_env(env_id: str, seed: int):
+    """CleanRL's Atari stack (SB3's wrappers, then gymnasium's resize, grayscale, frame stack),
+    on full-size RGB frames as there."""
     import ale_py
 
     gym.register_envs(ale_py)
@@ -57,11 +124,14 @@ def make_env(env_id: str, seed: int):
     def thunk():
         env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84,
-                                              terminal_on_life_loss=True, grayscale_obs=True)
+        env = NoopStart(env, noop_max=30)
+        env = RepeatAndMaxPool(env, skip=4)
+        env = LifeLossEndsEpisode(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireOnReset(env)
         env = gym.wrappers.TransformReward(env, lambda r: float(np.sign(r)))
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.GrayscaleObservation(env)
         env = gym.wrappers.FrameStackObservation(env, 4)
         env.action_space.seed(seed)
         return env
