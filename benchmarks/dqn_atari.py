@@ -4,10 +4,12 @@ Runs ``rlgen.agents.dqn.train`` itself (not a copy of its loop) for ``--steps`` 
 learning from ``--learning-starts`` on, and prints one JSON object per line:
 
 - ``sps``: agent steps per second over the learning phase (one update per 4 steps, batch 32);
-- ``time_fraction_env`` / ``_act`` / ``_sample`` / ``_update`` / ``_other``: the split of the
-  learning phase between env stepping, action selection (epsilon-greedy forward), replay
-  sampling, the gradient update (target forward, online forward/backward, Adam) and everything
-  else (the framework's own overhead: replay insertion, episode stats, logging, checkpoints);
+- ``time_fraction_env`` / ``_act`` / ``_sample`` / ``_wait`` / ``_update`` / ``_other``: the
+  split of the learning phase between env stepping, action selection (epsilon-greedy forward),
+  replay sampling, waiting for the target Q-values computed beside acting (``--prefetch-targets``),
+  the gradient update (online forward/backward, Adam, and the target forward when it is not
+  prefetched) and everything else (the framework's own overhead: replay insertion, episode
+  stats, logging, checkpoints);
 - ``peak_rss_mb`` (the process's peak resident memory) and ``replay_bytes_per_transition``
   (the replay's allocated bytes / its capacity).
 
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ("time_fraction_env", metrics["time_fraction_env"], "fraction"),
         ("time_fraction_act", metrics["time_fraction_act"], "fraction"),
         ("time_fraction_sample", metrics["time_fraction_sample"], "fraction"),
+        ("time_fraction_wait", metrics["time_fraction_wait"], "fraction"),
         ("time_fraction_update", metrics["time_fraction_update"], "fraction"),
         ("time_fraction_other", metrics["time_fraction_other"], "fraction"),
         ("updates", metrics["num_updates"], "count"),

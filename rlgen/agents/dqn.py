@@ -418,7 +418,8 @@ def train(config: DQNConfig) -> dict:
                        total_steps=config.total_timesteps, initial_step=global_step,
                        progress=None if config.progress else False,
                        description=f"dqn {config.env_id}")
-    timers = {"env": 0.0, "act": 0.0, "sample": 0.0, "update": 0.0, "loop": 0.0}
+    # "wait": blocked on the worker's target Q-values (prefetch_targets) before an update.
+    timers = {"env": 0.0, "act": 0.0, "sample": 0.0, "wait": 0.0, "update": 0.0, "loop": 0.0}
     learning_timers: dict[str, float] | None = None  # timers when learning began
     learning_step0, learning_cpu0 = None, 0.0
     start_step, start_time = global_step, time.perf_counter()
@@ -491,8 +492,10 @@ def train(config: DQNConfig) -> dict:
                     for _ in range(due):
                         if pending is not None:
                             (batch, future), pending = pending, None
+                            tw = time.perf_counter()
                             next_q_target, next_q_online = (future.result() if future
                                                             else next_q_values(batch))
+                            timers["wait"] += time.perf_counter() - tw
                         else:
                             ts = time.perf_counter()
                             batch = rb.sample(config.batch_size, beta=beta_at(global_step))
@@ -558,11 +561,12 @@ def train(config: DQNConfig) -> dict:
             # CPU seconds of all threads per step: robust to other processes sharing the cores.
             metrics["cpu_ms_per_step_learning"] = (1000 * (time.process_time() - learning_cpu0)
                                                    / max(global_step - learning_step0, 1))
-            phase["update"] -= phase["sample"]  # the update timer spans the sampling
-            for k in ("env", "act", "sample", "update"):
+            phase["update"] -= phase["sample"] + phase["wait"]  # the update timer spans both
+            parts = ("env", "act", "sample", "wait", "update")
+            for k in parts:
                 metrics[f"time_fraction_{k}"] = phase[k] / max(phase["loop"], 1e-9)
             metrics["time_fraction_other"] = 1.0 - sum(
-                metrics[f"time_fraction_{k}"] for k in ("env", "act", "sample", "update"))
+                metrics[f"time_fraction_{k}"] for k in parts)
         if config.eval_episodes > 0:
             result = run_episodes(q_net, config.env_id, episodes=config.eval_episodes,
                                   seed=config.seed + 10_000, device=device, precision=precision)

@@ -116,6 +116,11 @@ def test_atari_run_logs_cleanrl_tags_and_checkpoints(atari_run):
     run_dir, metrics = atari_run
     assert metrics["global_step"] == 1_200
     assert metrics["num_updates"] == (1_200 - 800) // 4
+    # the learning phase's time split (benchmarks/dqn_atari.py prints it)
+    parts = [metrics[f"time_fraction_{k}"] for k in ("env", "act", "sample", "wait", "update")]
+    assert all(0.0 < p < 1.0 for p in parts[:3] + parts[4:]) and sum(parts) <= 1.0
+    assert parts[3] == 0.0  # one torch thread: no target Q-values computed beside acting
+    assert metrics["time_fraction_other"] == pytest.approx(1.0 - sum(parts))
     tags = _event_tags(run_dir)
     for tag in ("charts/episodic_return", "charts/episodic_length", "charts/SPS",
                 "charts/epsilon", "losses/td_loss", "losses/q_values"):
