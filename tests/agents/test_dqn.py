@@ -12,7 +12,14 @@ from torch import nn
 
 from rlgen.agents.dqn import DQNConfig, build_q_network, select_actions
 from rlgen.agents.dqn_eval import DQNEvalConfig, write_video
-from rlgen.agents.qnetwork import QNetwork, linear_schedule, td_loss, td_target, update_target
+from rlgen.agents.qnetwork import (
+    QNetwork,
+    linear_schedule,
+    td_loss,
+    td_target,
+    to_channels_last,
+    update_target,
+)
 from rlgen.registry import AGENTS, TRAINERS
 from rlgen.vision.backbones import create_backbone, register_backbone
 from rlgen.vision.backbones.base import Backbone, FeatureInfo
@@ -163,6 +170,22 @@ def test_qnetwork_scales_uint8_once():
     frames = torch.randint(0, 256, (2, 1, 36, 36), dtype=torch.uint8)
     # nature_cnn divides by 255 itself: the network must not divide again
     assert torch.allclose(nature(frames), nature(frames.float()), atol=1e-6)
+
+
+def test_to_channels_last_equals_torch_reorder_and_network_outputs_match():
+    stacks = torch.randint(0, 256, (5, 6, 84, 84), dtype=torch.uint8)[:, 1:5]  # replay-style view
+    fast = to_channels_last(stacks, torch.float32)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and fast.dtype == torch.float32
+    assert torch.equal(fast, stacks.float())
+    torch.manual_seed(0)
+    plain = build_q_network((4, 84, 84), 3)
+    fast_net = build_q_network((4, 84, 84), 3).to(memory_format=torch.channels_last)
+    fast_net.load_state_dict(plain.state_dict())
+    fast_net.channels_last = True
+    floats = stacks.float()  # float input: scaled out of place, the caller's tensor untouched
+    assert torch.allclose(fast_net(stacks), plain(stacks), atol=1e-5)
+    assert torch.allclose(fast_net(floats), plain(stacks), atol=1e-5)
+    assert torch.equal(floats, stacks.float())
 
 
 def test_qnetwork_rejects_wrong_observation_shape():
