@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlgen.errors import InputError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that is missing, truncated, or not an rlgen/torch checkpoint."""
 
 

@@ -43,12 +43,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rlgen.errors import InputError
+
 BACKENDS = ("auto", "sync", "async", "ale-vector", "envpool")
 _ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
 _INSTALL_ATARI = 'pip install "rlgen[atari]"'
 
 
-class EnvError(ValueError):
+class EnvError(InputError):
     """A bad environment request: unknown id, unsupported space, missing package or backend."""
 
 

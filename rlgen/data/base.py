@@ -16,18 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from rlgen.errors import InputError
+
 ImageSize = int | tuple[int, int]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """A data file exists but is not what it should be (wrong magic, truncated, corrupt)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(InputError):
     """A file's hash differs from the published one; the message names both hashes."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     """A dataset file is missing; the message names the path and how to download it."""
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlgen.data.base import ChecksumError
+from rlgen.errors import InputError
 
 USER_AGENT = "rlgen-dataset-downloader/0.1 (python urllib)"
 _HASH_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256"}
 _CHUNK = 1 << 20
 
 
-class DownloadError(OSError):
+class DownloadError(InputError, OSError):
     """No mirror delivered the file; the message lists each mirror and why it failed."""
 
 
