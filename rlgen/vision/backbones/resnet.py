@@ -17,6 +17,9 @@ Only the first conv depends on ``in_channels`` (1 for MNIST, 4 for Atari frame s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -207,86 +210,82 @@ class ResNet(ResNetBackbone):
         self.fc = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
 
 
-_VARIANTS: dict[str, tuple[Block, list[int]]] = {
-    "resnet18": (BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-    "resnet101": (Bottleneck, [3, 4, 23, 3]),
-    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+class _Variant(NamedTuple):
+    """One ResNet depth: its block type and per-stage block counts, and the docstrings of its
+    two public builders (their first line is what ``rlgen list`` shows)."""
+
+    block: Block
+    layers: list[int]
+    backbone_doc: str
+    model_doc: str
+
+
+_VARIANTS: dict[str, _Variant] = {
+    "resnet18": _Variant(
+        BasicBlock,
+        [2, 2, 2, 2],
+        "ResNet-18 trunk (BasicBlock 2-2-2-2), 512 channels at /32.",
+        "ResNet-18 classifier, 11.7M parameters (torchvision layout).",
+    ),
+    "resnet34": _Variant(
+        BasicBlock,
+        [3, 4, 6, 3],
+        "ResNet-34 trunk (BasicBlock 3-4-6-3), 512 channels at /32.",
+        "ResNet-34 classifier, 21.8M parameters (torchvision layout).",
+    ),
+    "resnet50": _Variant(
+        Bottleneck,
+        [3, 4, 6, 3],
+        "ResNet-50 trunk (Bottleneck 3-4-6-3), 2048 channels at /32.",
+        "ResNet-50 classifier, 25.6M parameters (torchvision layout, v1.5).",
+    ),
+    "resnet101": _Variant(
+        Bottleneck,
+        [3, 4, 23, 3],
+        "ResNet-101 trunk (Bottleneck 3-4-23-3), 2048 channels at /32.",
+        "ResNet-101 classifier, 44.5M parameters (torchvision layout, v1.5).",
+    ),
+    "resnet152": _Variant(
+        Bottleneck,
+        [3, 8, 36, 3],
+        "ResNet-152 trunk (Bottleneck 3-8-36-3), 2048 channels at /32.",
+        "ResNet-152 classifier, 60.2M parameters (torchvision layout, v1.5).",
+    ),
 }
 
 
-def _backbone(name: str, in_channels: int, **kwargs) -> ResNetBackbone:
-    block, layers = _VARIANTS[name]
-    net = ResNetBackbone(block, layers, in_channels=in_channels, **kwargs)
-    net.name = name
-    return net
+def _register_variant(
+    name: str,
+) -> tuple[Callable[..., ResNet], Callable[..., ResNetBackbone]]:
+    """Define and register the two public builders of ``_VARIANTS[name]``: the classifier
+    ``<name>`` (``create_model(name)``) and the trunk ``<name>_backbone``
+    (``create_backbone(name)``), each with its own name and docstring from the table."""
+    block, layers, backbone_doc, model_doc = _VARIANTS[name]
+
+    def model(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
+        net = ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        net.name = name
+        if weights is not None:
+            load_weights(net, weights)
+        return net
+
+    def backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
+        net = ResNetBackbone(block, layers, in_channels=in_channels, **kwargs)
+        net.name = name
+        return net
+
+    # Name and document them before registering: the registry reads the docstring.
+    model.__name__ = model.__qualname__ = name
+    model.__doc__ = model_doc
+    backbone.__name__ = backbone.__qualname__ = f"{name}_backbone"
+    backbone.__doc__ = backbone_doc
+    return register_model(name)(model), register_backbone(name)(backbone)
 
 
-def _model(name: str, num_classes: int, in_channels: int, weights=None, **kwargs) -> ResNet:
-    block, layers = _VARIANTS[name]
-    net = ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    net.name = name
-    if weights is not None:
-        load_weights(net, weights)
-    return net
-
-
-@register_backbone("resnet18")
-def resnet18_backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-    """ResNet-18 trunk (BasicBlock 2-2-2-2), 512 channels at /32."""
-    return _backbone("resnet18", in_channels, **kwargs)
-
-
-@register_backbone("resnet34")
-def resnet34_backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-    """ResNet-34 trunk (BasicBlock 3-4-6-3), 512 channels at /32."""
-    return _backbone("resnet34", in_channels, **kwargs)
-
-
-@register_backbone("resnet50")
-def resnet50_backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-    """ResNet-50 trunk (Bottleneck 3-4-6-3), 2048 channels at /32."""
-    return _backbone("resnet50", in_channels, **kwargs)
-
-
-@register_backbone("resnet101")
-def resnet101_backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-    """ResNet-101 trunk (Bottleneck 3-4-23-3), 2048 channels at /32."""
-    return _backbone("resnet101", in_channels, **kwargs)
-
-
-@register_backbone("resnet152")
-def resnet152_backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-    """ResNet-152 trunk (Bottleneck 3-8-36-3), 2048 channels at /32."""
-    return _backbone("resnet152", in_channels, **kwargs)
-
-
-@register_model("resnet18")
-def resnet18(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-    """ResNet-18 classifier, 11.7M parameters (torchvision layout)."""
-    return _model("resnet18", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("resnet34")
-def resnet34(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-    """ResNet-34 classifier, 21.8M parameters (torchvision layout)."""
-    return _model("resnet34", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("resnet50")
-def resnet50(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-    """ResNet-50 classifier, 25.6M parameters (torchvision layout, v1.5)."""
-    return _model("resnet50", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("resnet101")
-def resnet101(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-    """ResNet-101 classifier, 44.5M parameters (torchvision layout, v1.5)."""
-    return _model("resnet101", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("resnet152")
-def resnet152(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-    """ResNet-152 classifier, 60.2M parameters (torchvision layout, v1.5)."""
-    return _model("resnet152", num_classes, in_channels, weights, **kwargs)
+# One public builder pair per variant, as torchvision has. A new variant needs its row in
+# ``_VARIANTS`` and its line here.
+resnet18, resnet18_backbone = _register_variant("resnet18")
+resnet34, resnet34_backbone = _register_variant("resnet34")
+resnet50, resnet50_backbone = _register_variant("resnet50")
+resnet101, resnet101_backbone = _register_variant("resnet101")
+resnet152, resnet152_backbone = _register_variant("resnet152")

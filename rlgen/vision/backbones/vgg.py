@@ -12,6 +12,9 @@ average pool and the three-layer classifier, with torchvision's parameter names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -33,16 +36,66 @@ CFGS: dict[str, Cfg] = {
 }
 # fmt: on
 
-#: registered name -> (configuration, batch norm)
-VARIANTS: dict[str, tuple[str, bool]] = {
-    "vgg11": ("A", False),
-    "vgg13": ("B", False),
-    "vgg16": ("D", False),
-    "vgg19": ("E", False),
-    "vgg11_bn": ("A", True),
-    "vgg13_bn": ("B", True),
-    "vgg16_bn": ("D", True),
-    "vgg19_bn": ("E", True),
+
+class Variant(NamedTuple):
+    """One registered VGG: its ``CFGS`` configuration, whether it has batch norm, and the
+    docstrings of its two public builders (their first line is what ``rlgen list`` shows)."""
+
+    cfg: str
+    batch_norm: bool
+    backbone_doc: str
+    model_doc: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "vgg11": Variant(
+        "A",
+        False,
+        "VGG-11 (configuration A) convolutional trunk, 512 channels at /32.",
+        "VGG-11 classifier, 132.9M parameters (torchvision layout).",
+    ),
+    "vgg13": Variant(
+        "B",
+        False,
+        "VGG-13 (configuration B) convolutional trunk, 512 channels at /32.",
+        "VGG-13 classifier, 133.0M parameters (torchvision layout).",
+    ),
+    "vgg16": Variant(
+        "D",
+        False,
+        "VGG-16 (configuration D) convolutional trunk, 512 channels at /32.",
+        "VGG-16 classifier, 138.4M parameters (torchvision layout).",
+    ),
+    "vgg19": Variant(
+        "E",
+        False,
+        "VGG-19 (configuration E) convolutional trunk, 512 channels at /32.",
+        "VGG-19 classifier, 143.7M parameters (torchvision layout).",
+    ),
+    "vgg11_bn": Variant(
+        "A",
+        True,
+        "VGG-11 trunk with batch norm, 512 channels at /32.",
+        "VGG-11 classifier with batch norm (torchvision layout).",
+    ),
+    "vgg13_bn": Variant(
+        "B",
+        True,
+        "VGG-13 trunk with batch norm, 512 channels at /32.",
+        "VGG-13 classifier with batch norm (torchvision layout).",
+    ),
+    "vgg16_bn": Variant(
+        "D",
+        True,
+        "VGG-16 trunk with batch norm, 512 channels at /32.",
+        "VGG-16 classifier with batch norm (torchvision layout).",
+    ),
+    "vgg19_bn": Variant(
+        "E",
+        True,
+        "VGG-19 trunk with batch norm, 512 channels at /32.",
+        "VGG-19 classifier with batch norm (torchvision layout).",
+    ),
 }
 
 
@@ -148,116 +201,39 @@ def _init_linear(m: nn.Linear) -> None:
     nn.init.zeros_(m.bias)
 
 
-def _backbone(name: str, in_channels: int, **kwargs) -> VGGBackbone:
-    cfg, bn = VARIANTS[name]
-    net = VGGBackbone(CFGS[cfg], bn, in_channels=in_channels, **kwargs)
-    net.name = name
-    return net
+def _register_variant(name: str) -> tuple[Callable[..., VGG], Callable[..., VGGBackbone]]:
+    """Define and register the two public builders of ``VARIANTS[name]``: the classifier
+    ``<name>`` (``create_model(name)``) and the trunk ``<name>_backbone``
+    (``create_backbone(name)``), each with its own name and docstring from the table."""
+    cfg, batch_norm, backbone_doc, model_doc = VARIANTS[name]
+
+    def model(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
+        net = VGG(CFGS[cfg], batch_norm, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        net.name = name
+        if weights is not None:
+            load_weights(net, weights)
+        return net
+
+    def backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
+        net = VGGBackbone(CFGS[cfg], batch_norm, in_channels=in_channels, **kwargs)
+        net.name = name
+        return net
+
+    # Name and document them before registering: the registry reads the docstring.
+    model.__name__ = model.__qualname__ = name
+    model.__doc__ = model_doc
+    backbone.__name__ = backbone.__qualname__ = f"{name}_backbone"
+    backbone.__doc__ = backbone_doc
+    return register_model(name)(model), register_backbone(name)(backbone)
 
 
-def _model(name: str, num_classes: int, in_channels: int, weights=None, **kwargs) -> VGG:
-    cfg, bn = VARIANTS[name]
-    net = VGG(CFGS[cfg], bn, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    net.name = name
-    if weights is not None:
-        load_weights(net, weights)
-    return net
-
-
-# One public builder per variant, as torchvision has.
-
-
-@register_backbone("vgg11")
-def vgg11_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-11 (configuration A) convolutional trunk, 512 channels at /32."""
-    return _backbone("vgg11", in_channels, **kwargs)
-
-
-@register_backbone("vgg11_bn")
-def vgg11_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-11 trunk with batch norm, 512 channels at /32."""
-    return _backbone("vgg11_bn", in_channels, **kwargs)
-
-
-@register_backbone("vgg13")
-def vgg13_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-13 (configuration B) convolutional trunk, 512 channels at /32."""
-    return _backbone("vgg13", in_channels, **kwargs)
-
-
-@register_backbone("vgg13_bn")
-def vgg13_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-13 trunk with batch norm, 512 channels at /32."""
-    return _backbone("vgg13_bn", in_channels, **kwargs)
-
-
-@register_backbone("vgg16")
-def vgg16_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-16 (configuration D) convolutional trunk, 512 channels at /32."""
-    return _backbone("vgg16", in_channels, **kwargs)
-
-
-@register_backbone("vgg16_bn")
-def vgg16_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-16 trunk with batch norm, 512 channels at /32."""
-    return _backbone("vgg16_bn", in_channels, **kwargs)
-
-
-@register_backbone("vgg19")
-def vgg19_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-19 (configuration E) convolutional trunk, 512 channels at /32."""
-    return _backbone("vgg19", in_channels, **kwargs)
-
-
-@register_backbone("vgg19_bn")
-def vgg19_bn_backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-    """VGG-19 trunk with batch norm, 512 channels at /32."""
-    return _backbone("vgg19_bn", in_channels, **kwargs)
-
-
-@register_model("vgg11")
-def vgg11(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-11 classifier, 132.9M parameters (torchvision layout)."""
-    return _model("vgg11", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg11_bn")
-def vgg11_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-11 classifier with batch norm (torchvision layout)."""
-    return _model("vgg11_bn", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg13")
-def vgg13(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-13 classifier, 133.0M parameters (torchvision layout)."""
-    return _model("vgg13", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg13_bn")
-def vgg13_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-13 classifier with batch norm (torchvision layout)."""
-    return _model("vgg13_bn", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg16")
-def vgg16(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-16 classifier, 138.4M parameters (torchvision layout)."""
-    return _model("vgg16", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg16_bn")
-def vgg16_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-16 classifier with batch norm (torchvision layout)."""
-    return _model("vgg16_bn", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg19")
-def vgg19(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-19 classifier, 143.7M parameters (torchvision layout)."""
-    return _model("vgg19", num_classes, in_channels, weights, **kwargs)
-
-
-@register_model("vgg19_bn")
-def vgg19_bn(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-    """VGG-19 classifier with batch norm (torchvision layout)."""
-    return _model("vgg19_bn", num_classes, in_channels, weights, **kwargs)
+# One public builder pair per variant, as torchvision has. A new variant needs its row in
+# ``VARIANTS`` and its line here.
+vgg11, vgg11_backbone = _register_variant("vgg11")
+vgg11_bn, vgg11_bn_backbone = _register_variant("vgg11_bn")
+vgg13, vgg13_backbone = _register_variant("vgg13")
+vgg13_bn, vgg13_bn_backbone = _register_variant("vgg13_bn")
+vgg16, vgg16_backbone = _register_variant("vgg16")
+vgg16_bn, vgg16_bn_backbone = _register_variant("vgg16_bn")
+vgg19, vgg19_backbone = _register_variant("vgg19")
+vgg19_bn, vgg19_bn_backbone = _register_variant("vgg19_bn")
