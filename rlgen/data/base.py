@@ -4,6 +4,14 @@ Every dataset holds its whole split in memory as one uint8 tensor ``images`` of 
 ``(N, C, H, W)`` (MNIST is 47 MB, CIFAR-10 150 MB), so generative models and small
 classifiers can train full-batch on it without a DataLoader; ``dataset[i]`` gives the
 usual ``(image, label)`` pair with ``image`` a float32 ``(C, H, W)`` tensor in ``[0, 1]``.
+
+Bad files are reported at construction, never later at batch time. A dataset file that is
+missing, truncated, corrupt or foreign (another format renamed, an HTML error page saved
+under the expected name) raises one of the errors below, all :class:`rlgen.errors.InputError`
+(the ``rlgen`` CLI prints them as one line and exits with status 2); each message is one
+line that names the file, what was expected and the fix. The one exception is an image
+folder, where unreadable images are skipped with one :class:`DataWarning` (see
+:mod:`rlgen.data.folder`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,16 @@ class ChecksumError(InputError):
 
 class DatasetNotFoundError(InputError, FileNotFoundError):
     """A dataset file is missing; the message names the path and how to download it."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was left out or replaced (e.g. unreadable images skipped)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line, to quote a low-level error inside ours."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def normalize_size(

@@ -6,16 +6,31 @@ University of Toronto, 2009. 50,000 train / 10,000 test 32x32 RGB images, 10 cla
 Each batch file is a pickled dict: ``b'data'`` a uint8 array (N, 3072) holding the red,
 then green, then blue 32x32 planes of each image, and ``b'labels'`` a list of N ints.
 The pickles are read with an unpickler that accepts numpy arrays and plain containers
-only, so a tampered file cannot run code.
+only, so a tampered file cannot run code (a plain ``pickle.load`` would).
+
+Bad files: each batch is checked against its published MD5 unless ``verify=False``
+(:class:`~rlgen.data.base.ChecksumError`), then structurally. A batch that is not a pickle
+(random bytes, a gzip or PNG file under a batch name), a truncated pickle, a pickle of
+something else (a list, a dict without ``data``/``labels``), a pickle that refers to
+anything but numpy arrays, wrong array shapes or types, an empty batch and labels outside
+0..9 each raise :class:`~rlgen.data.base.DataFormatError` with one line naming the file and
+the fix. A ``cifar-10-python.tar.gz`` that is not a gzip'd tar, is truncated, fails its gzip
+CRC or lacks a batch also raises ``DataFormatError``, and the batches it had written are
+removed, so a later run cannot pick up a half-extracted set. An unreadable or foreign
+``batches.meta`` (which only holds the class names) is not fatal: one
+:class:`~rlgen.data.base.DataWarning` names it and the standard CIFAR-10 names are used.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import gzip
 import pickle
 import posixpath
 import sys
 import tarfile
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +43,10 @@ from rlgen.data.base import (
     ChecksumError,
     DataFormatError,
     DatasetNotFoundError,
+    DataWarning,
     ImageDataset,
     ImageSize,
+    describe_error,
 )
 from rlgen.data.download import download_file, mirror_urls, verify_checksum, write_atomic
 from rlgen.registry import DATASETS
@@ -52,7 +69,9 @@ TEST_BATCHES = ("test_batch",)
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-_REDOWNLOAD = "delete it and re-run with --download (download=True)"
+_REDOWNLOAD = (
+    "delete it and re-run with --download (download=True), or copy the official file there"
+)
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
@@ -64,6 +83,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # how Python 3 pickles bytes at protocol 2
+        ("__builtin__", "bytes"): bytes,  # ... and empty bytes (e.g. of an empty array)
+        ("builtins", "bytes"): bytes,
     }
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
@@ -85,19 +106,28 @@ class _ArrayUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, what: str = "a CIFAR-10 batch") -> dict:
+    """The pickled dict in ``path`` (bytes keys decoded); ``what`` names it in errors."""
     try:
         with open(path, "rb") as f:
-            entry = _ArrayUnpickler(f, encoding="bytes").load()
+            try:
+                entry = _ArrayUnpickler(f, encoding="bytes").load()
+            except Exception as exc:  # corrupt pickles fail in many ways (EOF, struct, ...)
+                raise DataFormatError(
+                    f"{path}: not a readable pickle of {what} ({describe_error(exc)}); the "
+                    f"file is truncated, corrupt or foreign: {_REDOWNLOAD}"
+                ) from exc
     except FileNotFoundError:
         raise
-    except Exception as exc:  # corrupt pickles fail in many ways (EOF, struct, value...)
+    except OSError as exc:  # no read permission, an I/O error, ...
         raise DataFormatError(
-            f"{path}: cannot read this CIFAR pickle ({type(exc).__name__}: {exc}); the file "
-            f"is truncated or corrupt: {_REDOWNLOAD}"
+            f"{path}: cannot read this file ({describe_error(exc)}); check its permissions, "
+            "or replace it with the official file"
         ) from exc
     if not isinstance(entry, dict):
-        raise DataFormatError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+        raise DataFormatError(
+            f"{path}: expected a pickled dict ({what}), got {type(entry).__name__}; {_REDOWNLOAD}"
+        )
     # Python 3 writers may have used str keys; the official files use bytes.
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
@@ -109,27 +139,39 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in entry or "labels" not in entry:
         raise DataFormatError(
             f"{path}: a CIFAR-10 batch needs the keys b'data' and b'labels', "
-            f"found {sorted(map(str, entry))}"
+            f"found {sorted(map(str, entry))}; {_REDOWNLOAD}"
         )
-    data, labels = entry["data"], np.asarray(entry["labels"])
+    data = entry["data"]
     if (
         not isinstance(data, np.ndarray)
         or data.dtype != np.uint8
         or data.ndim != 2
         or (data.shape[1] != 3 * 32 * 32)
     ):
-        shape = getattr(data, "shape", None)
-        raise DataFormatError(
-            f"{path}: b'data' must be a uint8 array of shape (N, 3072), got "
-            f"{type(data).__name__} {getattr(data, 'dtype', '')} {shape}"
+        got = (
+            f"{data.dtype} array of shape {data.shape}"
+            if isinstance(data, np.ndarray)
+            else type(data).__name__
         )
+        raise DataFormatError(
+            f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {got}; {_REDOWNLOAD}"
+        )
+    if data.shape[0] == 0:
+        raise DataFormatError(f"{path}: the batch holds no images; {_REDOWNLOAD}")
+    try:
+        labels = np.asarray(entry["labels"])
+    except (ValueError, TypeError) as exc:  # e.g. a ragged list
+        labels = np.asarray(None)
+        reason = describe_error(exc)
+    else:
+        reason = f"shape {labels.shape}, dtype {labels.dtype}"
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DataFormatError(
-            f"{path}: b'labels' must hold {data.shape[0]} integers, got shape {labels.shape}"
+            f"{path}: b'labels' must hold {data.shape[0]} integers, got {reason}; {_REDOWNLOAD}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise DataFormatError(
-            f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}"
+            f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}; {_REDOWNLOAD}"
         )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -139,26 +181,43 @@ def extract_archive(archive: str | Path, root: str | Path) -> Path:
 
     Only the known file names are read out of the archive and each is written atomically,
     so a crafted archive cannot write outside ``root`` and an interrupted extraction leaves
-    whole files only.
+    whole files only. The gzip stream is read to its end so that its CRC is checked; if the
+    archive turns out corrupt, the files written from it are removed again.
     """
     archive, dest = Path(archive), Path(root) / FOLDER
-    written = []
+    written: list[str] = []
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = posixpath.basename(member.name)
-                if member.isfile() and name in CHECKSUMS:
-                    write_atomic(dest / name, tar.extractfile(member))
-                    written.append(name)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        with gzip.open(archive, "rb") as stream:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
+                for member in tar:
+                    name = posixpath.basename(member.name)
+                    if member.isfile() and name in CHECKSUMS:
+                        written.append(name)
+                        write_atomic(dest / name, tar.extractfile(member))
+            while stream.read(1 << 20):  # the rest of the stream: its end checks the CRC
+                pass
+        missing = [n for n in (*TRAIN_BATCHES, *TEST_BATCHES) if n not in written]
+        if missing:
+            raise DataFormatError(
+                f"{archive}: the archive lacks {', '.join(missing)} (truncated, corrupt or "
+                f"not the CIFAR-10 python archive); {_REDOWNLOAD}"
+            )
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        _remove(dest, written)
         raise DataFormatError(
-            f"{archive}: cannot extract ({type(exc).__name__}: {exc}); the archive is "
-            f"truncated or corrupt: {_REDOWNLOAD}"
+            f"{archive}: cannot extract ({describe_error(exc)}); the archive is truncated, "
+            f"corrupt or not a .tar.gz: {_REDOWNLOAD}"
         ) from exc
-    missing = [n for n in (*TRAIN_BATCHES, *TEST_BATCHES) if n not in written]
-    if missing:
-        raise DataFormatError(f"{archive}: the archive lacks {', '.join(missing)}; {_REDOWNLOAD}")
+    except DataFormatError:
+        _remove(dest, written)
+        raise
     return dest
+
+
+def _remove(folder: Path, names: Sequence[str]) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
 
 
 class CIFAR10(ImageDataset):
@@ -253,13 +312,30 @@ class CIFAR10(ImageDataset):
 
     @staticmethod
     def _class_names(folder: Path) -> tuple[str, ...]:
+        """The names in ``batches.meta``; the standard names, with a warning, if it is bad."""
         meta = folder / "batches.meta"
         if not meta.is_file():
             return CLASSES
-        names = _unpickle(meta).get("label_names")
-        if not isinstance(names, list) or len(names) != len(CLASSES):
+        try:
+            names = _unpickle(meta, "CIFAR-10's batches.meta").get("label_names")
+            if not isinstance(names, list) or len(names) != len(CLASSES):
+                raise DataFormatError(
+                    f"{meta}: b'label_names' must be a list of {len(CLASSES)} names; {_REDOWNLOAD}"
+                )
+            try:
+                return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{meta}: b'label_names' must be UTF-8 names ({describe_error(exc)}); "
+                    f"{_REDOWNLOAD}"
+                ) from exc
+        except DataFormatError as exc:
+            warnings.warn(
+                f"{exc}; meanwhile the standard CIFAR-10 class names are used",
+                DataWarning,
+                stacklevel=3,
+            )
             return CLASSES
-        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
 @DATASETS.register("cifar10")

@@ -10,6 +10,20 @@ adversarial networks", ICLR 2016) expect them:
 Every image is converted to one mode (``"L"`` grey or ``"RGB"``) and, when ``image_size`` is
 given, resized: an int resizes the shorter side and centre-crops a square (the DCGAN
 recipe), an ``(h, w)`` pair resizes to exactly that shape.
+
+Unreadable images are skipped, not fatal: a file with an image extension that Pillow
+cannot decode (empty, random bytes, another format, a truncated PNG or JPEG, a
+decompression bomb, no read permission) is left out, and one
+:class:`~rlgen.data.base.DataWarning` per dataset names the first few skipped files with
+the reason and gives the count; ``ImageFolder.skipped`` lists them all. Labels and class
+names stay those of the folders, even if a class loses all its images. Only if no image at
+all can be read does construction fail, with a
+:class:`~rlgen.data.base.DataFormatError` naming the folder and the first bad file. Every
+image is decoded completely when the dataset is built, so a half-decodable file is skipped
+then and can never fail later at batch time (unless the process has set Pillow's
+``ImageFile.LOAD_TRUNCATED_IMAGES``, which makes Pillow pad truncated images with grey
+instead of failing). Readable images of different sizes without ``image_size`` are a
+configuration error, not a bad file: they raise ``DataFormatError``.
 """
 
 from __future__ import annotations
@@ -29,8 +43,10 @@ from PIL import Image
 from rlgen.data.base import (
     DataFormatError,
     DatasetNotFoundError,
+    DataWarning,
     ImageDataset,
     ImageSize,
+    describe_error,
     normalize_size,
 )
 from rlgen.registry import DATASETS
@@ -39,6 +55,7 @@ IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
 )  # fmt: skip
 MODES = {"L": 1, "RGB": 3}
+SKIPPED_LISTED = 3  # skipped files named in the warning; ImageFolder.skipped has them all
 
 
 def _is_image(path: Path) -> bool:
@@ -58,15 +75,22 @@ def find_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
             f"image folder {root} does not exist; expected {root}/<class>/<image> "
             f"or a flat folder {root}/<image>"
         )
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:  # e.g. no permission to list it
+        raise DataFormatError(
+            f"{root}: cannot list this image folder ({describe_error(exc)}); check its permissions"
+        ) from exc
+    class_dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     per_class = [(d.name, sorted(p for p in d.rglob("*") if _is_image(p))) for d in class_dirs]
     per_class = [(name, files) for name, files in per_class if files]
-    loose = sorted(p for p in root.iterdir() if _is_image(p))
+    loose = [p for p in entries if _is_image(p)]
     if per_class:
         if loose:
             warnings.warn(
                 f"{root}: {len(loose)} image(s) beside the class folders are ignored "
                 f"(e.g. {loose[0].name}); move them into a class folder",
+                DataWarning,
                 stacklevel=3,
             )
         files = [f for _, fs in per_class for f in fs]
@@ -92,29 +116,37 @@ def _resize(img: Image.Image, size: tuple[int, int], crop: bool) -> Image.Image:
     return img.crop((left, top, left + w, top + h))
 
 
+def _decode(path: Path, mode: str, size: tuple[int, int] | None, crop: bool) -> np.ndarray:
+    # convert() decodes every pixel, so a truncated file fails here, not at batch time.
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        if size is not None:
+            img = _resize(img, size, crop)
+        array = np.asarray(img, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
 def load_image(
     path: str | Path, mode: str = "RGB", size: tuple[int, int] | None = None, crop: bool = False
 ) -> np.ndarray:
-    """One image file -> uint8 array (C, H, W); a corrupt file raises an error naming it."""
+    """One image file -> uint8 array (C, H, W), decoded completely; an unreadable file
+    raises :class:`DataFormatError` naming it, whatever exception Pillow raised."""
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if size is not None:
-                img = _resize(img, size, crop)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return _decode(Path(path), mode, size, crop)
+    except Exception as exc:  # Pillow's plugins fail in many ways: OSError, SyntaxError,
+        # ValueError, DecompressionBombError, but also struct.error, EOFError, IndexError...
         raise DataFormatError(
-            f"{path}: cannot read this image ({type(exc).__name__}: {exc}); "
-            "remove or replace the file"
+            f"{path}: cannot read this image ({describe_error(exc)}); remove or replace the file"
         ) from exc
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 class ImageFolder(ImageDataset):
     """Images from a folder, converted to ``mode`` and optionally resized; kept in memory.
 
-    Without ``image_size`` every image must already have the first one's size. Decoding
-    runs in ``num_workers`` threads (Pillow releases the GIL while decoding).
+    Without ``image_size`` every image must already have the first readable one's size.
+    Unreadable files are skipped with one :class:`DataWarning` and listed in ``skipped``
+    (``files`` holds the images kept, in dataset order). Decoding runs in ``num_workers``
+    threads (Pillow releases the GIL while decoding).
     """
 
     def __init__(
@@ -132,32 +164,80 @@ class ImageFolder(ImageDataset):
         files, labels, classes = find_images(self.root)
         crop = isinstance(image_size, int)
         resize = normalize_size(image_size)
-        size = resize or tuple(load_image(files[0], mode).shape[1:])
-        images = np.empty((len(files), MODES[mode], *size), dtype=np.uint8)
+        failures: dict[Path, str] = {}  # unreadable file -> why
+
+        def load(path: Path) -> np.ndarray | None:
+            try:
+                return _decode(path, mode, resize, crop)
+            except Exception as exc:  # as in load_image: any decoding failure
+                # Pillow often quotes the full path; the warning names the file already.
+                failures[path] = describe_error(exc).replace(str(path), path.name)
+                return None
+
+        start, head = 0, None
+        if resize is None:  # the first readable image sets the size
+            for index, path in enumerate(files):
+                head = load(path)
+                if head is not None:
+                    start = index
+                    break
+            else:
+                raise self._nothing_readable(files, failures)
+        size = resize or tuple(head.shape[1:])
+        images = np.empty((len(files) - start, MODES[mode], *size), dtype=np.uint8)
+        kept: list[int] = []  # indices into files of the images stored, in order
+        if head is not None:
+            images[0] = head
+            kept.append(start)
+            start += 1
         workers = num_workers or min(8, os.cpu_count() or 1)
         show = len(files) >= 5000 and sys.stderr.isatty()
-
-        def load(path: Path) -> np.ndarray:
-            return load_image(path, mode, resize, crop)
-
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, array in enumerate(pool.map(load, files)):
+            for i, array in enumerate(pool.map(load, files[start:]), start=start):
+                if array is None:
+                    continue
                 if array.shape[1:] != size:
                     raise DataFormatError(
                         f"{files[i]}: image is {array.shape[2]}x{array.shape[1]} (WxH) but "
-                        f"{files[0].name} is {size[1]}x{size[0]}; pass image_size "
+                        f"{files[kept[0]].name} is {size[1]}x{size[0]}; pass image_size "
                         "(--image-size) to resize every image to one size"
                     )
-                images[i] = array
+                images[len(kept)] = array
+                kept.append(i)
                 if show and (i + 1) % 5000 == 0:
                     print(f"{self.root}: {i + 1}/{len(files)} images loaded", file=sys.stderr)
-        self.files = files
+        if not kept:
+            raise self._nothing_readable(files, failures)
+        self.files = [files[i] for i in kept]
+        self.skipped = [f for f in files if f in failures]  # in the folder's order
+        if self.skipped:
+            self._warn_skipped(failures, len(files))
         super().__init__(
-            torch.from_numpy(images),
-            labels,
+            torch.from_numpy(images[: len(kept)]),
+            [labels[i] for i in kept],
             classes=classes,
             transform=transform,
             name=f"folder {self.root}",
+        )
+
+    def _nothing_readable(self, files: list[Path], failures: dict[Path, str]) -> DataFormatError:
+        return DataFormatError(
+            f"{self.root}: none of the {len(files)} image files can be read (first: "
+            f"{files[0]}: {failures[files[0]]}); expected images Pillow can open, "
+            f"as {self.root}/<class>/<image> or {self.root}/<image>"
+        )
+
+    def _warn_skipped(self, failures: dict[Path, str], total: int) -> None:
+        listed = "; ".join(
+            f"{p.relative_to(self.root)} ({failures[p]})" for p in self.skipped[:SKIPPED_LISTED]
+        )
+        more = len(self.skipped) - SKIPPED_LISTED
+        warnings.warn(
+            f"{self.root}: skipped {len(self.skipped)} of {total} image files that cannot be "
+            f"read: {listed}{f'; and {more} more (see .skipped)' if more > 0 else ''}. "
+            "Remove or replace them to silence this warning.",
+            DataWarning,
+            stacklevel=3,
         )
 
 

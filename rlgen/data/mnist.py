@@ -8,6 +8,18 @@ IDX layout: two zero bytes, a type code (0x08 = unsigned byte, 0x09 signed byte,
 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, one
 big-endian uint32 per dimension, then the values in C order, big-endian. Files are read
 gzip-compressed (as published) or raw (after ``gunzip``).
+
+Bad files: the official ``.gz`` names are first checked against their published MD5
+(:class:`~rlgen.data.base.ChecksumError`, unless ``verify=False``). Every file is then
+checked structurally and anything wrong raises :class:`~rlgen.data.base.DataFormatError`
+with a one-line message naming the file, what was expected and the fix (delete it and
+re-run with ``--download``, or copy the official file there): a corrupt or truncated gzip
+stream (bad CRC, cut short), an empty file, a foreign file under an MNIST name (a PNG, an
+HTML error page, random bytes: the message quotes the magic number and, when it
+recognises one, the format), the images file and labels file swapped, a truncated or
+over-long IDX body, images that are not 28x28, an empty split, an images file whose count
+differs from its labels file, a label outside 0..9, or a file that cannot be opened (e.g.
+no read permission). No raw ``struct``, ``gzip``, ``zlib`` or numpy error escapes.
 """
 
 from __future__ import annotations
@@ -30,34 +42,70 @@ from rlgen.data.base import (
     DatasetNotFoundError,
     ImageDataset,
     ImageSize,
+    describe_error,
 )
 from rlgen.data.download import download_file, mirror_urls, verify_checksum
 from rlgen.registry import DATASETS
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_REDOWNLOAD = "delete it and re-run with --download (download=True)"
+_REDOWNLOAD = (
+    "delete it and re-run with --download (download=True), or copy the official file there"
+)
+# Leading bytes of formats that end up under an MNIST name by mistake; text ones lowercase.
+_SIGNATURES = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"<!doctype html", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+    (b"<?xml", "an XML document (a failed download?)"),
+)
+
+
+def _sniff(data: bytes) -> str:
+    """A short guess at what ``data`` is, e.g. ``", looks like a PNG image"``, or ``""``."""
+    text = data[:64].lstrip().lower()
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature) or text.startswith(signature):
+            return f", looks like {name}"
+    if data[257:262] == b"ustar":
+        return ", looks like a tar archive"
+    return ""
 
 
 def _read_bytes(path: Path) -> bytes:
     """The file's content, gunzipped if it starts with the gzip magic (whatever its name)."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head != b"\x1f\x8b":
-        return path.read_bytes()
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # no read permission, an I/O error, ...
         raise DataFormatError(
-            f"{path}: the gzip stream is truncated or corrupt ({exc}); {_REDOWNLOAD}"
+            f"{path}: cannot read this file ({describe_error(exc)}); check its permissions, "
+            "or replace it with the official file"
+        ) from exc
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as exc:  # OSError covers gzip.BadGzipFile
+        raise DataFormatError(
+            f"{path}: the gzip stream is truncated or corrupt ({describe_error(exc)}); "
+            f"{_REDOWNLOAD}"
         ) from exc
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode IDX bytes into a native-endian numpy array, validating the header."""
+    if not data:
+        raise DataFormatError(
+            f"{source}: the file is empty (0 bytes), expected an IDX file; {_REDOWNLOAD}"
+        )
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] == 0:
         raise DataFormatError(
-            f"{source}: not an IDX file: magic bytes {data[:4].hex() or '(empty)'}, expected "
+            f"{source}: not an IDX file: magic bytes {data[:4].hex()}{_sniff(data)}, expected "
             f"00 00 <type code in {[hex(c) for c in _IDX_TYPES]}> <ndim >= 1> "
             f"(MNIST images 00000803, labels 00000801); {_REDOWNLOAD}"
         )
@@ -89,10 +137,15 @@ def read_idx(path: str | Path, expect_magic: int | None = None) -> np.ndarray:
         magic = struct.unpack(">I", data[:4])[0]
         if magic != expect_magic:
             raise DataFormatError(
-                f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expect_magic:08x} "
-                f"({_describe_magic(expect_magic)}); is this the right file? {_REDOWNLOAD}"
+                f"{path}: not an IDX {_role(expect_magic)}: magic number 0x{magic:08x}"
+                f"{_sniff(data)}, expected 0x{expect_magic:08x} "
+                f"({_describe_magic(expect_magic)}); {_REDOWNLOAD}"
             )
     return parse_idx(data, str(path))
+
+
+def _role(magic: int) -> str:
+    return {0x803: "image file", 0x801: "label file"}.get(magic, "file of this type")
 
 
 def _describe_magic(magic: int) -> str:
@@ -125,6 +178,7 @@ class MNIST(ImageDataset):
     }
     class_names: tuple[str, ...] = tuple(str(d) for d in range(10))
     display_name = "MNIST"
+    image_shape: tuple[int, int] = (28, 28)
 
     def __init__(
         self,
@@ -146,15 +200,26 @@ class MNIST(ImageDataset):
         ]
         images = read_idx(found[0], expect_magic=0x00000803)
         labels = read_idx(found[1], expect_magic=0x00000801)
+        if images.shape[1:] != self.image_shape:
+            h, w = self.image_shape
+            raise DataFormatError(
+                f"{found[0]}: holds {images.shape[1]}x{images.shape[2]} images, expected "
+                f"{h}x{w} {self.display_name} images; is this the right file? {_REDOWNLOAD}"
+            )
+        if images.shape[0] == 0:
+            raise DataFormatError(f"{found[0]}: holds no images; {_REDOWNLOAD}")
         if images.shape[0] != labels.shape[0]:
             raise DataFormatError(
                 f"{found[0]} holds {images.shape[0]} images but {found[1]} holds "
-                f"{labels.shape[0]} labels; the two files must come from the same split"
+                f"{labels.shape[0]} labels; the two files must come from the same split: "
+                "delete both and re-run with --download (download=True), or copy the "
+                "official files there"
             )
         if labels.size and int(labels.max()) >= len(self.class_names):
             raise DataFormatError(
                 f"{found[1]}: label {int(labels.max())} out of range for "
-                f"{len(self.class_names)} classes"
+                f"{len(self.class_names)} classes (0..{len(self.class_names) - 1}); "
+                f"{_REDOWNLOAD}"
             )
         super().__init__(
             torch.from_numpy(images).unsqueeze(1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from rlgen.data import CIFAR10, ChecksumError, DataFormatError, DatasetNotFoundError, load_batch
+from rlgen.data.base import DataWarning
 from rlgen.data.cifar import CLASSES, FOLDER, TEST_BATCHES, TRAIN_BATCHES
 
 
@@ -143,3 +145,177 @@ def test_missing_dataset_says_how_to_download(tmp_path):
         CIFAR10(tmp_path)
     msg = str(err.value)
     assert str(tmp_path / FOLDER / "data_batch_1") in msg and "--download" in msg
+
+
+# --- corrupt, foreign and unreadable files ------------------------------------------------
+
+
+def _batch_error(path) -> str:
+    """load_batch(path) must raise a one-line DataFormatError naming the file and the fix."""
+    with pytest.raises(DataFormatError) as err:
+        load_batch(path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    assert "--download" in msg and "copy the official file" in msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n" + bytes(64),  # a PNG: pickle reads '\x89' as PERSID, a 2-line error
+        gzip.compress(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})),
+        bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8)),
+        b"<!DOCTYPE html><html>Not Found</html>",
+    ],
+    ids=["empty", "png", "gzipped-pickle", "random-bytes", "html"],
+)
+def test_batch_that_is_not_a_pickle(tmp_path, content):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(content)
+    assert "not a readable pickle of a CIFAR-10 batch" in _batch_error(path)
+
+
+@pytest.mark.parametrize("keep", [1, 100, 2000, -1], ids=lambda k: f"keep-{k}")
+def test_truncated_batch(tmp_path, files, keep):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(files.cifar_batch(4, 0)[0][:keep])
+    assert "truncated" in _batch_error(path)
+
+
+@pytest.mark.parametrize(
+    "entry, says",
+    [
+        ([1, 2, 3], "expected a pickled dict (a CIFAR-10 batch), got list"),
+        ("a string", "got str"),
+        ({b"batch_label": b"x", b"filenames": []}, "needs the keys b'data' and b'labels'"),
+        ({b"data": [[0] * 3072], b"labels": [0]}, "got list"),
+        ({b"data": np.zeros((2, 3, 32, 32), np.uint8), b"labels": [0, 1]}, "(2, 3, 32, 32)"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "float32"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "must hold 2 integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 2]]}, "inhomogeneous"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]}, "float64"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": None}, "must hold 2 integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 3]}, "0..9"),
+        ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "holds no images"),
+    ],
+    ids=[
+        "list", "str", "no-data-key", "data-list", "data-4d", "data-float", "short-labels",
+        "ragged-labels", "float-labels", "labels-none", "negative-label", "empty-batch",
+    ],
+)  # fmt: skip
+def test_pickle_of_something_else(tmp_path, entry, says):
+    path = tmp_path / "data_batch_2"
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    assert says in _batch_error(path)
+
+
+def test_corrupt_batch_inside_the_folder_is_named(tmp_path, files):
+    write_batches(tmp_path / FOLDER, files)
+    path = tmp_path / FOLDER / "test_batch"
+    path.write_bytes(pickle.dumps({b"labels": [0]}))
+    with pytest.raises(DataFormatError, match="test_batch: a CIFAR-10 batch needs the keys"):
+        CIFAR10(tmp_path, train=False, verify=False)
+
+
+def test_unreadable_batch_is_named(tmp_path, files, monkeypatch):
+    import rlgen.data.cifar as cifar_module
+
+    write_batches(tmp_path / FOLDER, files)
+    real_open = open
+
+    def no_permission(path, *args, **kwargs):
+        if str(path).endswith("test_batch"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cifar_module, "open", no_permission, raising=False)
+    with pytest.raises(DataFormatError) as err:
+        CIFAR10(tmp_path, train=False, verify=False)
+    msg = str(err.value)
+    assert str(tmp_path / FOLDER / "test_batch") in msg
+    assert "PermissionError" in msg and "check its permissions" in msg
+
+
+def _damage_tail(offset_from_end):
+    def mutate(blob):
+        data = bytearray(blob)
+        data[len(data) - offset_from_end] ^= 0xFF
+        return bytes(data)
+
+    return mutate
+
+
+def _zip_bytes():
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("data_batch_1", b"x")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _damage_tail(8),  # the gzip CRC32: tarfile alone never reads that far
+        _damage_tail(1),  # the gzip length field
+        lambda b: b[:-20],  # cut inside the tar's end-of-archive padding
+        lambda b: b[: len(b) // 2],
+        lambda b: b + b"trailing junk",
+        lambda b: gzip.decompress(b),  # a plain .tar under the .tar.gz name
+        lambda b: gzip.compress(b"not a tar archive " * 100),
+        lambda b: _zip_bytes(),
+        lambda b: b"<html><body>Service unavailable</body></html>",
+        lambda b: b"",
+    ],
+    ids=[
+        "bad-crc", "bad-length", "cut-padding", "cut-half", "trailing", "plain-tar",
+        "gzip-not-tar", "zip", "html", "empty",
+    ],
+)  # fmt: skip
+def test_corrupt_archive_is_named_and_leaves_no_batches(tmp_path, files, mutate):
+    root = tmp_path / "root"
+    root.mkdir()
+    archive, _ = _archive(tmp_path, files)
+    (root / archive.name).write_bytes(mutate(archive.read_bytes()))
+    with pytest.raises(DataFormatError) as err:
+        CIFAR10(root, verify=False)
+    msg = str(err.value)
+    assert str(root / archive.name) in msg and "--download" in msg and "\n" not in msg
+    # Nothing half-extracted stays behind for a later run (with verify=False) to trust.
+    assert not any((root / FOLDER).glob("*_batch*"))
+
+
+def test_archive_without_the_batches(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/readme.html")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(DataFormatError, match="lacks data_batch_1, .*test_batch"):
+        CIFAR10(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize(
+    "meta, says",
+    [
+        (b"garbage", "not a readable pickle"),
+        (pickle.dumps([b"airplane"]), "got list"),
+        (pickle.dumps({b"label_names": [b"a", b"b"]}), "list of 10 names"),
+        (pickle.dumps({b"num_vis": 3072}), "list of 10 names"),
+        (pickle.dumps({b"label_names": [b"\xff\xfe"] * 10}), "UnicodeDecodeError"),
+    ],
+    ids=["garbage", "list", "two-names", "no-names", "not-utf8"],
+)
+def test_bad_meta_warns_and_uses_standard_names(tmp_path, files, meta, says):
+    write_batches(tmp_path / FOLDER, files)
+    path = tmp_path / FOLDER / "batches.meta"
+    path.write_bytes(meta)
+    with pytest.warns(DataWarning) as record:
+        ds = CIFAR10(tmp_path, train=False, verify=False)
+    assert ds.classes == list(CLASSES) and len(ds) == 4
+    assert len(record) == 1
+    msg = str(record[0].message)
+    assert str(path) in msg and says in msg and "standard CIFAR-10 class names" in msg

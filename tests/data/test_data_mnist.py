@@ -155,3 +155,153 @@ def test_read_idx_detects_gzip_by_content(tmp_path, files):
     path = tmp_path / "labels"
     path.write_bytes(gzip.compress(files.idx_bytes(np.arange(7, dtype=np.uint8))))
     np.testing.assert_array_equal(read_idx(path, expect_magic=0x801), np.arange(7))
+
+
+# --- corrupt, foreign and unreadable files: one-line DataFormatError naming the file ---------
+
+
+def _mnist_error(tmp_path, stem="train-images-idx3-ubyte") -> str:
+    """Build MNIST, expecting DataFormatError; the checks every such message must pass."""
+    with pytest.raises(DataFormatError) as err:
+        MNIST(tmp_path, verify=False)
+    msg = str(err.value)
+    assert "\n" not in msg  # the CLI prints the first line only
+    assert str(tmp_path / "mnist" / stem) in msg
+    assert "--download" in msg and "copy the official file" in msg
+    return msg
+
+
+def _png_bytes() -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.new("L", (28, 28)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (_png_bytes(), "magic number 0x89504e47, looks like a PNG image, expected 0x00000803"),
+        (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML page"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8)), "expected 0x00000803"),
+        (b"", "empty"),
+        (b"\x00\x00\x08", "not an IDX file"),
+        (b"\x00\x00\x08\x03\x00\x00\x00\x0c", "truncated IDX header"),
+    ],
+    ids=["png", "html", "random-bytes", "empty", "three-bytes", "cut-header"],
+)
+def test_foreign_file_under_the_images_name(tmp_path, files, content, says):
+    files.fake_mnist(tmp_path / "mnist", gz=False)
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(content)
+    assert says in _mnist_error(tmp_path)
+
+
+def test_gzipped_foreign_file_is_named(tmp_path, files):
+    files.fake_mnist(tmp_path / "mnist", gz=True)
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_png_bytes()))
+    msg = _mnist_error(tmp_path, "train-labels-idx1-ubyte.gz")
+    assert "not an IDX label file" in msg and "PNG" in msg and "0x00000801" in msg
+
+
+def _flip(offset_from_end: int):
+    def mutate(blob: bytes) -> bytes:
+        data = bytearray(blob)
+        data[len(data) - offset_from_end] ^= 0xFF
+        return bytes(data)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _flip(8),  # the CRC32 in the gzip trailer
+        _flip(2),  # the uncompressed length in the trailer
+        lambda b: b[:-4],  # the trailer cut short
+        lambda b: b[: len(b) // 2],  # the deflate stream cut short
+        lambda b: b[:2],  # the gzip magic and nothing else
+        lambda b: b + b"trailing garbage",
+        lambda b: b[:12] + bytes(x ^ 0x5A for x in b[12:40]) + b[40:],  # garbled deflate data
+    ],
+    ids=["bad-crc", "bad-length", "cut-trailer", "cut-stream", "magic-only", "trailing", "garbled"],
+)
+def test_corrupt_gzip_stream_is_named(tmp_path, files, mutate):
+    files.fake_mnist(tmp_path / "mnist", gz=True)
+    path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(mutate(path.read_bytes()))
+    assert "gzip stream is truncated or corrupt" in _mnist_error(tmp_path, path.name)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_random_damage_never_leaks_a_raw_exception(tmp_path, files, gz):
+    """Cuts and bit flips anywhere: a DataFormatError, or (raw pixel bytes) a clean load."""
+    rng = np.random.default_rng(1)
+    files.fake_mnist(tmp_path / "mnist", gz=gz)
+    path = tmp_path / "mnist" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    good = path.read_bytes()
+    for _ in range(40):
+        data = bytearray(good)
+        if rng.random() < 0.5:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(data))
+        try:
+            MNIST(tmp_path, verify=False)
+        except DataFormatError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+
+
+def test_images_that_are_not_28x28_are_refused(tmp_path, files):
+    files.fake_mnist(tmp_path / "mnist", gz=False)
+    files.write_idx(
+        tmp_path / "mnist" / "train-images-idx3-ubyte", np.zeros((12, 32, 32), np.uint8)
+    )
+    assert "holds 32x32 images, expected 28x28 MNIST images" in _mnist_error(tmp_path)
+
+
+def test_empty_split_is_refused(tmp_path, files):
+    files.fake_mnist(tmp_path / "mnist", gz=False)
+    files.write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    files.write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    assert "holds no images" in _mnist_error(tmp_path)
+
+
+def test_count_mismatch_says_how_to_fix(tmp_path, files):
+    arrays = files.fake_mnist(tmp_path / "fashion-mnist", gz=False)
+    labels = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte"
+    files.write_idx(labels, np.concatenate([arrays["t10k-labels-idx1-ubyte"]] * 2))
+    with pytest.raises(DataFormatError) as err:
+        FashionMNIST(tmp_path, train=False, verify=False)
+    msg = str(err.value)
+    assert "5 images but" in msg and str(labels) in msg and "10 labels" in msg
+    assert "delete both" in msg and "--download" in msg and "\n" not in msg
+
+
+def test_label_out_of_range_says_how_to_fix(tmp_path, files):
+    files.fake_mnist(tmp_path / "mnist", gz=False)
+    files.write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", np.full(12, 10, np.uint8))
+    assert "label 10 out of range" in _mnist_error(tmp_path, "train-labels-idx1-ubyte")
+
+
+def test_unreadable_file_is_named(tmp_path, files, monkeypatch):
+    import rlgen.data.mnist as mnist_module
+
+    files.fake_mnist(tmp_path / "mnist", gz=True)
+    real_open = open
+
+    def no_permission(path, *args, **kwargs):
+        if str(path).endswith("train-images-idx3-ubyte.gz"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(mnist_module, "open", no_permission, raising=False)
+    with pytest.raises(DataFormatError) as err:
+        MNIST(tmp_path, verify=False)
+    msg = str(err.value)
+    assert str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") in msg
+    assert "PermissionError" in msg and "permissions" in msg and "\n" not in msg
