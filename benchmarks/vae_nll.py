@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlgen.generative.common import GenerativeModel, LoaderBatches, TensorBatches
+from rlgen.data.batches import LoaderBatches, TensorBatches
+from rlgen.generative.model import GenerativeModel
 from rlgen.generative.vae import VAE, VAEConfig, evaluate_model, train
 
 BENCH = "vae_nll"
@@ -83,10 +84,10 @@ def train_mlp(images: torch.Tensor, args, steps_per_epoch: int) -> tuple[MLPVAE,
     torch.manual_seed(args.seed)
     model = MLPVAE(args.latent_dim, binarize=args.binarize).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = TensorBatches(images, args.batch_size, args.seed, args.device)
+    data = TensorBatches(images, None, args.batch_size, seed=args.seed, device=args.device)
     steps = args.epochs * steps_per_epoch
     start = time.perf_counter()
-    for step, x in enumerate(data.batches(0)):
+    for step, (x, _) in enumerate(data.batches(0)):
         if step >= steps:
             break
         x = model.binarize_input(x)
@@ -118,9 +119,9 @@ def sample_speed(model: GenerativeModel, n: int, device: str) -> float:
 def loader_speed(dataset, batch_size: int, kind: str, epochs: int = 3) -> float:
     """Images per second produced by one loader over ``epochs`` epochs (best of 3)."""
     if kind == "tensor":
-        data = TensorBatches(dataset.images, batch_size, 0, "cpu")
+        data = TensorBatches(dataset.images, None, batch_size)
     else:
-        data = LoaderBatches(dataset, batch_size, 0, "cpu")
+        data = LoaderBatches(dataset, batch_size)
     steps = epochs * data.steps_per_epoch
 
     def run() -> None:

@@ -52,19 +52,26 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
-) -> dict:
-    """Load a checkpoint dict; a missing, truncated or foreign file raises ``CheckpointError``."""
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else the newest ``ckpt_*.pt`` of a run directory (or of
+    its ``checkpoints/`` folder); a clear ``CheckpointError`` when there is none."""
     path = Path(path)
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         latest = CheckpointManager(directory).latest()
         if latest is None:
             raise CheckpointError(f"no checkpoint (ckpt_*.pt) found in directory {path}")
-        path = latest
+        return latest
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} does not exist")
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
+) -> dict:
+    """Load a checkpoint dict; a missing, truncated or foreign file raises ``CheckpointError``."""
+    path = find_checkpoint(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"cannot read checkpoint {path}: it is truncated or not a torch checkpoint file "
@@ -90,8 +97,11 @@ def load_checkpoint(
     return state
 
 
-def rng_state() -> dict:
-    """Python, numpy and torch RNG states as tensors/lists (loadable with weights_only=True)."""
+def rng_state(device: str | torch.device | None = None) -> dict:
+    """Python, numpy and torch RNG states as tensors/lists (loadable with weights_only=True).
+
+    With a CUDA ``device``, also that device's generator (only this process's GPU: under
+    torchrun every process has its own, and they are kept in step)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -103,13 +113,13 @@ def rng_state() -> dict:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` captured."""
+def set_rng_state(state: dict, device: str | torch.device | None = None) -> None:
+    """Restore what ``rng_state`` captured (the CUDA generator onto ``device``)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
@@ -121,8 +131,8 @@ def set_rng_state(state: dict) -> None:
         np_state["cached_gaussian"],
     ))
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), torch.device(device))
 
 
 class CheckpointManager:
@@ -145,7 +155,19 @@ class CheckpointManager:
         return [p for _, p in sorted(found)]
 
     def save(self, state: dict, step: int) -> Path:
-        path = save_checkpoint(state, self.directory / f"ckpt_{step:09d}.pt")
+        """Write ``ckpt_{step}.pt`` atomically, then drop the oldest beyond ``keep_last``. A
+        failed write (disk full, read-only directory) raises ``CheckpointError`` naming the
+        directory and leaves every earlier checkpoint as it was."""
+        try:
+            path = save_checkpoint(state, self.directory / f"ckpt_{step:09d}.pt")
+        except OSError as exc:
+            previous = self.latest()
+            kept = f"the previous checkpoint {previous} is intact" if previous else \
+                "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"cannot write the step-{step} checkpoint to {self.directory} "
+                f"({type(exc).__name__}: {exc}); {kept}"
+            ) from exc
         if self.keep_last is not None:
             for old in self.checkpoints()[: -self.keep_last]:
                 old.unlink(missing_ok=True)

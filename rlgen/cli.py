@@ -2,8 +2,25 @@
 
 Each trainer registers a ``TrainerSpec`` (see ``cli_spec.py``); the flags of
 ``rlgen train NAME`` come from the fields of its config dataclass, their help from the
-docstring under each field (the convention CleanRL's scripts use with tyro). Bad input (an
-unknown name, an invalid value) ends with one line on stderr and exit status 2.
+docstring under each field (the convention CleanRL's scripts use with tyro).
+
+Errors and exit statuses:
+
+* 0: the command succeeded.
+* 2: bad input a user can fix, printed as one line on stderr (``error: ...`` or
+  ``rlgen CMD NAME: ...``): a bad flag (argparse), a value the config dataclass rejects in
+  ``__post_init__``, an unknown registry name (``UnknownNameError``), any
+  ``rlgen.errors.InputError`` (bad checkpoint, dataset, download, environment...), the
+  backbones' ``BackboneInputError`` and ``WeightsError``, and a path the user gave that is
+  missing or of the wrong kind (``FileNotFoundError``, ``PermissionError``, ``IsADirectoryError``,
+  ``NotADirectoryError``).
+* 1: any other ``OSError`` (disk full, ...) as one line naming the error; any other exception is
+  a bug (in rlgen or a plugin) and keeps its full traceback on stderr, followed by one
+  ``error: Type: message (...)`` line.
+* 130: interrupted (Ctrl-C).
+
+``rlgen --debug CMD ...`` (before the command) or ``RLGEN_DEBUG=1`` re-raises every exception,
+input errors included, so Python prints the whole traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -15,15 +32,20 @@ import inspect
 import os
 import sys
 import textwrap
+import traceback
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
 import rlgen
+from rlgen.errors import InputError
 from rlgen.openmp import set_openmp_defaults
 from rlgen.registry import REGISTRIES, TRAINERS, UnknownNameError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input, one line on stderr
+EXIT_FAILURE = 1  # a bug (traceback shown) or an environment failure such as a full disk
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "RLGEN_DEBUG"
 
 
 class UsageError(Exception):
@@ -135,7 +157,10 @@ def parse_config(cls: type, argv: list[str], prog: str) -> Any:
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)
-    return cls(**values)  # __post_init__ validation raises ValueError -> one line, exit 2
+    try:
+        return cls(**values)
+    except ValueError as exc:  # __post_init__ validation of a flag value: input, exit status 2
+        raise UsageError(f"{prog}: {_first_line(exc)}") from exc
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -196,6 +221,11 @@ def _run_spec(command: str, name: str, argv: list[str]) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rlgen", description=rlgen.__doc__)
     parser.add_argument("--version", action="version", version=f"rlgen {rlgen.__version__}")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help=f"re-raise every error with its full traceback, input errors included "
+             f"(same as {DEBUG_ENV}=1); goes before the command",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,list}")
     for command, help_text in (
         ("train", "train a model or agent: rlgen train NAME --help"),
@@ -210,11 +240,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    """``RLGEN_DEBUG`` set (not 0/false/no/off), or ``--debug`` among the options before the
+    command (looked up by hand so that it also holds when parsing the command line fails)."""
+    value = os.environ.get(DEBUG_ENV, "").strip().lower()
+    if value not in ("", "0", "false", "no", "off"):
+        return True
+    for arg in argv:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-") or arg == "--":
+            return False
+    return False
+
+
+_USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is input a user can fix (one line, exit status 2) rather than a bug."""
+    if isinstance(exc, (UsageError, UnknownNameError, InputError, *_USER_PATH_ERRORS)):
+        return True
+    # The backbones keep their own error types (they do not import rlgen.errors). Look them up
+    # only if their modules were imported: otherwise nothing can have raised them.
+    for module, name in (("rlgen.vision.backbones.base", "BackboneInputError"),
+                         ("rlgen.vision.backbones.weights", "WeightsError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _report(exc: Exception) -> int:
+    """Print ``exc`` the way the error policy says (module docstring); returns the exit status."""
+    sys.stdout.flush()
+    if _is_input_error(exc):
+        message = _first_line(exc)
+        print(message if message.startswith("rlgen") else f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, OSError):  # the machine, not the input nor rlgen: disk full, ...
+        print(f"error: {type(exc).__name__}: {_first_line(exc)} "
+              f"(rlgen --debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {type(exc).__name__}: {_first_line(exc)} (a bug in rlgen or a plugin? the "
+          f"traceback above shows where; {DEBUG_ENV}=1 also shows tracebacks for input errors)",
+          file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``rlgen`` command; returns the exit status (see the module docstring)."""
     set_openmp_defaults()  # before anything imports torch
-    from rlgen.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
@@ -238,16 +323,19 @@ def main(argv: list[str] | None = None) -> int:
         _run_spec(args.command, args.name, rest)
         return 0
     except SystemExit as exc:  # --help and --version exit through argparse
-        return int(exc.code or 0)
-    except (UsageError, UnknownNameError, ValueError, OSError, CheckpointError) as exc:
-        if os.environ.get("RLGEN_DEBUG"):
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}" if not message.startswith("rlgen") else message, file=sys.stderr)
-        return EXIT_USAGE
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)  # sys.exit("message")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            raise
+        return _report(exc)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,34 @@
 """Scaling out with torchrun and DistributedDataParallel, nothing home-made.
 
-Launch any rlgen training script with ``torchrun --nproc-per-node N script.py``; torchrun sets
-``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address, and these helpers read them.
-Outside torchrun every helper degrades to the single-process answer (rank 0 of 1), so the same
-code runs both ways.
+``torchrun --nproc-per-node N -m rlgen train vae ...`` starts N processes and sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; ``rlgen.training.TrainingRun``
+calls these helpers, so no trainer has distributed code of its own. Outside torchrun every
+helper gives the single-process answer (rank 0 of 1), so the same code runs both ways.
+
+Conventions the trainers rely on:
+- Every process is seeded alike and makes the same random draws in the same order; random
+  numbers a training step needs per example (noise, latents) are drawn for the *global* batch
+  and each process keeps its rows (``shard_rows``). A run therefore computes the same thing
+  whatever the number of processes, up to the order of floating-point sums.
+- Collectives have a timeout (``init_distributed(timeout_s=...)``): a process that dies or
+  hangs ends the job with an error instead of a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler
 
 
 def is_launched() -> bool:
-    """True when started by torchrun (or another launcher that sets WORLD_SIZE)."""
-    return "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    """True when started by torchrun (or another launcher that sets WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_initialized() -> bool:
@@ -43,18 +52,22 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_distributed(backend: str | None = None) -> torch.device:
+def init_distributed(device: torch.device, timeout_s: float = 600.0) -> torch.device:
     """Join the process group torchrun describes; returns this process's device.
 
-    NCCL on CUDA (one GPU per local rank), gloo on CPU. Without torchrun it does nothing and
-    returns the default device.
+    On CUDA each process takes the GPU of its local rank and the group uses NCCL; on the CPU,
+    gloo. ``timeout_s`` bounds every collective, so a rank that died or hangs ends the job
+    with an error. Without a launcher it does nothing and returns ``device``.
     """
-    use_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if not is_launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
-    if is_launched() and not is_initialized():
-        dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"))
+    if not is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return device
 
 
@@ -68,10 +81,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around ``module`` when running distributed, else ``module``."""
+def wrap_ddp(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``module`` when running distributed, else ``module``.
+
+    ``sync_batchnorm`` turns batch norm into ``SyncBatchNorm`` (statistics over the global
+    batch); PyTorch implements it for GPUs only.
+    """
     if not is_initialized():
         return module
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ValueError("--sync-batchnorm needs CUDA devices (PyTorch's SyncBatchNorm "
+                             "runs on GPUs only); on the CPU each process normalises its "
+                             "own rows")
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
@@ -87,12 +110,27 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
-def distributed_sampler(dataset: Dataset, shuffle: bool = True, seed: int = 0):
-    """A DistributedSampler when distributed (call ``set_epoch`` each epoch), else None."""
-    if not is_initialized():
-        return None
-    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle,
-                              seed=seed)
+def no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for a (possibly compiled) DDP module: a forward / backward inside it
+    joins no gradient exchange (a GAN's generator step through the frozen discriminator);
+    a plain module gets a do-nothing context."""
+    inner = getattr(module, "_orig_mod", module)
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        return inner.no_sync()
+    return contextlib.nullcontext()
+
+
+def shard_rows(x: torch.Tensor) -> torch.Tensor:
+    """This process's contiguous block of the rows of a global-batch tensor (all of it in a
+    single process). The row count must divide evenly by the number of processes."""
+    world = world_size()
+    if world == 1:
+        return x
+    if x.shape[0] % world:
+        raise ValueError(f"a global batch of {x.shape[0]} rows cannot be split evenly over "
+                         f"{world} processes")
+    per = x.shape[0] // world
+    return x[rank() * per:(rank() + 1) * per]
 
 
 def all_reduce_mean(metrics: Mapping[str, float], device: torch.device | None = None) -> dict:
@@ -106,3 +144,25 @@ def all_reduce_mean(metrics: Mapping[str, float], device: torch.device | None = 
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     values /= world_size()
     return dict(zip(keys, values.tolist()))
+
+
+class FlagAgreement:
+    """Whether any process raised a flag (a stop request), agreed on by all of them.
+
+    Signals reach the processes of a job at slightly different moments; deciding together
+    keeps every process stopping after the same step. Uses a gloo group on CPU tensors, so a
+    CUDA job does not synchronise its GPU stream for it.
+    """
+
+    def __init__(self) -> None:
+        self._group = None
+        if is_initialized():
+            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" \
+                else dist.group.WORLD
+
+    def any(self, flag: bool) -> bool:
+        if self._group is None:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(value.item())

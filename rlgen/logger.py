@@ -2,7 +2,9 @@
 
 It writes TensorBoard events (scalars, images, histograms, text, hparams), a ``metrics.jsonl``
 with the same scalars (easy to read back without TensorBoard), the run's ``config.json``, and
-drives a console progress bar with rate and ETA that stays quiet when stdout is not a terminal.
+drives the console progress: a bar with rate and ETA on a terminal; off a terminal (a cluster
+job's log file, ``nohup``) one plain line every ``log_interval_s`` seconds (step / total, rate,
+ETA and the figures the trainer shows), so a job log visibly moves.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def _hparam_value(v: Any) -> Any:
     return str(v)
 
 
+def _duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``; ``4000`` -> ``1h06m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class RunLogger:
     """TensorBoard + metrics.jsonl + config.json + progress bar for one run directory."""
 
@@ -64,6 +76,7 @@ class RunLogger:
         root: str | Path = "runs",
         initial_step: int = 0,
         description: str | None = None,
+        log_interval_s: float = 30.0,
     ):
         # Imported here: tensorboard pulls in a lot and only loggers need it.
         from torch.utils.tensorboard import SummaryWriter
@@ -81,13 +94,19 @@ class RunLogger:
         self._metrics = (self.run_dir / "metrics.jsonl").open("a", buffering=1)
         self._last_step = initial_step
         self._bar = None
+        self.description = description or task
+        self.total_steps = total_steps
         if progress is None:
             progress = sys.stdout.isatty()
         if progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step",
-                             desc=description or task, dynamic_ncols=True, smoothing=0.05)
+                             desc=self.description, dynamic_ncols=True, smoothing=0.05)
+        # Off a terminal: a plain line every log_interval_s (0 or less: none).
+        self.log_interval_s = log_interval_s
+        self._line_start = (time.monotonic(), initial_step)
+        self._last_line = time.monotonic()
         self._closed = False
 
     # -- scalars -------------------------------------------------------------------------
@@ -131,15 +150,34 @@ class RunLogger:
 
     # -- progress ------------------------------------------------------------------------
     def progress(self, step: int, **postfix: Any) -> None:
-        """Move the progress bar to absolute ``step`` and show ``postfix`` (e.g. SPS, return)."""
+        """Move the progress to absolute ``step`` and show ``postfix`` (e.g. SPS, return):
+        the bar on a terminal, else a plain line when ``log_interval_s`` has passed."""
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}
         if self._bar is not None:
             self._bar.update(step - self._last_step)
-            if postfix:
-                self._bar.set_postfix(
-                    {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                    refresh=False,
-                )
+            if shown:
+                self._bar.set_postfix(shown, refresh=False)
+        elif self.log_interval_s > 0 and time.monotonic() - self._last_line >= self.log_interval_s:
+            self.print(self.progress_line(step, shown))
+            self._last_line = time.monotonic()
         self._last_step = step
+
+    def progress_line(self, step: int, shown: dict[str, Any]) -> str:
+        """``vae 1200/4680 (25.6%) 41.3 step/s ETA 1m24s elbo=-120.3``: rate and ETA over
+        the steps of this process (a resumed run counts from where it resumed)."""
+        t0, step0 = self._line_start
+        elapsed = time.monotonic() - t0
+        rate = (step - step0) / elapsed if elapsed > 0 else 0.0
+        parts = [self.description]
+        if self.total_steps:
+            parts.append(f"{step}/{self.total_steps} ({100 * step / self.total_steps:.1f}%)")
+        else:
+            parts.append(f"step {step}")
+        parts.append(f"{rate:.4g} step/s")
+        if self.total_steps and rate > 0:
+            parts.append(f"ETA {_duration((self.total_steps - step) / rate)}")
+        parts += [f"{k}={v}" for k, v in shown.items()]
+        return " ".join(parts)
 
     def print(self, message: str) -> None:
         """Print without breaking the progress bar."""

@@ -65,8 +65,9 @@ def _first_doc_line(obj: Any) -> str:
 class Registry:
     """A name -> builder table for one kind of thing (backbones, models, agents, ...)."""
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), list_command: str | None = None):
         self.kind = kind
+        self.list_command = list_command or f"rlgen list {kind}"
         self._builtins = builtins
         self._builtins_loaded = False
         self._entries: dict[str, Callable[..., Any]] = {}
@@ -117,7 +118,7 @@ class Registry:
         known = ", ".join(sorted(self._entries)) or "none registered"
         hint = f"closest: {', '.join(close)}" if close else f"known: {known}"
         singular = self.kind[:-1] if self.kind.endswith("s") else self.kind
-        return f"unknown {singular} {name!r}; {hint} (see `rlgen list {self.kind}`)"
+        return f"unknown {singular} {name!r}; {hint} (see `{self.list_command}`)"
 
     def names(self) -> list[str]:
         self._ensure_loaded()
@@ -152,6 +153,7 @@ TRAINERS = Registry(
         "rlgen.generative.autoencoder",
         "rlgen.generative.vae",
         "rlgen.generative.dcgan",
+        "rlgen.vision.classification",
     ),
 )
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlgen.errors import InputError
+
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 _DTYPES = {"32": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
@@ -34,27 +36,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(
+        raise InputError(
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
         ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but CUDA is not available here")
+        raise InputError(f"--device {device} was asked for but CUDA is not available here")
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError(f"--device {device} was asked for but MPS is not available here")
+        raise InputError(f"--device {device} was asked for but MPS is not available here")
     return dev
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN / inf gradient where no loss scaler can skip the step (fp32, bf16): training
+    diverged. The run stops without checkpointing the broken state."""
 
 
 class Precision:
     """Autocast context and optimizer step for one of ``"32"``, ``"16-mixed"``, ``"bf16-mixed"``.
 
     Use one ``Precision`` per optimizer (a GAN has two), because each owns its loss scaler.
+    Under fp16 a step whose gradients overflowed is skipped and counted (``skipped_steps``), as
+    loss scaling expects; in fp32 and bf16 nothing overflows by design, so a NaN / inf gradient
+    means the training diverged and ``step`` raises ``NonFiniteLossError`` before the optimizer
+    touches the weights.
     """
 
     def __init__(self, precision: str = "32", device: str | torch.device = "cpu"):
         if precision not in PRECISIONS:
-            raise ValueError(
+            raise InputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
         self.name = precision
@@ -73,9 +84,6 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
     def step(
         self,
         loss: torch.Tensor,
@@ -83,7 +91,10 @@ class Precision:
         clip_grad_norm: float | None = None,
         parameters: Iterable[torch.Tensor] | None = None,
     ) -> bool:
-        """Backward, unscale, clip, step unless a gradient is inf/NaN; True if it stepped."""
+        """Backward, unscale, clip, step unless a gradient is inf/NaN; True if it stepped.
+
+        An inf/NaN gradient skips the step under fp16 and raises ``NonFiniteLossError`` in
+        fp32 / bf16."""
         self.scaler.scale(loss).backward()
         return self.step_optimizer(optimizer, clip_grad_norm, parameters)
 
@@ -111,9 +122,14 @@ class Precision:
             self.scaler.update()
             stepped = finite and self.scaler.get_scale() >= scale_before
         else:
-            stepped = finite
-            if finite:
-                optimizer.step()
+            if not finite:
+                raise NonFiniteLossError(
+                    f"a gradient is NaN or inf under --precision {self.name}, where no loss "
+                    "scaler can skip the step: the training diverged (lower the learning rate, "
+                    "clip gradients, or check the data)"
+                )
+            stepped = True
+            optimizer.step()
         if not stepped:
             self.skipped_steps += 1
         return stepped
@@ -124,7 +140,7 @@ class Precision:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("precision", self.name) != self.name:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint was trained with --precision {state['precision']}, "
                 f"this run asks for {self.name}"
             )

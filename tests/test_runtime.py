@@ -7,6 +7,7 @@ from torch import nn
 
 from rlgen.runtime import (
     PRECISIONS,
+    NonFiniteLossError,
     Precision,
     prepare_module,
     resolve_device,
@@ -52,9 +53,24 @@ def test_precision_trains_a_small_regression(precision):
     assert prec.skipped_steps == 0
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 @pytest.mark.parametrize("clip", [None, 1.0])
-def test_step_is_skipped_when_a_gradient_is_inf(precision, clip):
+def test_an_inf_gradient_without_a_loss_scaler_raises_and_leaves_the_weights(precision, clip):
+    model = nn.Linear(4, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    prec = Precision(precision)
+    with prec.autocast():
+        loss = model(torch.ones(2, 4)).float().sum() * float("nan")
+    with pytest.raises(NonFiniteLossError, match=f"--precision {precision}.*diverged"):
+        prec.step(loss, opt, clip_grad_norm=clip)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fp16_step_is_skipped_when_a_gradient_is_inf(clip):
+    precision = "16-mixed"
     model = nn.Linear(4, 1)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

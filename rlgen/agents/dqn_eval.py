@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlgen.errors import InputError
+
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
@@ -53,19 +55,19 @@ class DQNEvalConfig:
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
-            raise ValueError("--checkpoint must name a checkpoint file or a run directory")
+            raise InputError("--checkpoint must name a checkpoint file or a run directory")
         if self.episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
+            raise InputError(f"--episodes must be >= 1, got {self.episodes}")
         if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"--epsilon must be in [0, 1], got {self.epsilon}")
+            raise InputError(f"--epsilon must be in [0, 1], got {self.epsilon}")
         if self.noop_max < 0:
-            raise ValueError(f"--noop-max must be >= 0, got {self.noop_max}")
+            raise InputError(f"--noop-max must be >= 0, got {self.noop_max}")
         if self.max_episode_frames < 1:
-            raise ValueError(f"--max-episode-frames must be >= 1, got {self.max_episode_frames}")
+            raise InputError(f"--max-episode-frames must be >= 1, got {self.max_episode_frames}")
         if self.video is not None and Path(self.video).suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"--video must end in .gif or .mp4, got {self.video!r}")
+            raise InputError(f"--video must end in .gif or .mp4, got {self.video!r}")
         if self.video_fps < 1 or self.video_max_frames < 1:
-            raise ValueError("--video-fps and --video-max-frames must be >= 1")
+            raise InputError("--video-fps and --video-max-frames must be >= 1")
 
 
 def play_episode(
@@ -164,7 +166,7 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Pa
     """Write RGB frames ``(H, W, 3)`` uint8 to ``.gif`` (Pillow) or ``.mp4`` (OpenCV)."""
     path = Path(path)
     if not frames:
-        raise ValueError(f"no frames to write to {path}")
+        raise InputError(f"no frames to write to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".gif":
@@ -177,19 +179,19 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Pa
         try:
             import cv2
         except ImportError:
-            raise ValueError(f"writing {path} needs OpenCV (pip install opencv-python-headless); "
+            raise InputError(f"writing {path} needs OpenCV (pip install opencv-python-headless); "
                              "or ask for a .gif") from None
         height, width = frames[0].shape[:2]
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not writer.isOpened():
-            raise ValueError(f"OpenCV could not open {path} for writing (mp4v codec)")
+            raise InputError(f"OpenCV could not open {path} for writing (mp4v codec)")
         try:
             for frame in frames:
                 writer.write(cv2.cvtColor(np.asarray(frame, dtype=np.uint8), cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
     else:
-        raise ValueError(f"video path must end in .gif or .mp4, got {path}")
+        raise InputError(f"video path must end in .gif or .mp4, got {path}")
     return path
 
 
@@ -233,14 +235,14 @@ def load_q_network(checkpoint: str | Path, device: str | torch.device = "cpu"):
     from rlgen.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(checkpoint, map_location="cpu")
-    if state.get("format") != "rlgen.dqn/1":
-        raise CheckpointError(f"{checkpoint} is not a DQN checkpoint (format "
-                              f"{state.get('format')!r}, expected 'rlgen.dqn/1')")
-    cfg = state["config"]
-    q_network = build_q_network(tuple(state["obs_shape"]), int(state["n_actions"]),
+    if state.get("task") != "dqn" or "q_network" not in state.get("state", {}):
+        raise CheckpointError(f"{checkpoint} is not a DQN checkpoint (it holds a "
+                              f"{state.get('task')!r} run); pass a run of `rlgen train dqn`")
+    cfg, meta = state["config"], state["meta"]
+    q_network = build_q_network(tuple(meta["obs_shape"]), int(meta["n_actions"]),
                                 backbone=cfg["backbone"], dueling=cfg["dueling"],
-                                hidden=cfg["hidden"], pixels=bool(state["pixels"]))
-    q_network.load_state_dict(state["q_network"])
+                                hidden=cfg["hidden"], pixels=bool(meta["pixels"]))
+    q_network.load_state_dict(state["state"]["q_network"])
     return q_network.to(device), state
 
 
@@ -255,11 +257,11 @@ def evaluate(config: DQNEvalConfig) -> dict:
                           seed=config.seed, device=device, noop_max=config.noop_max,
                           max_episode_frames=config.max_episode_frames, video=config.video,
                           video_fps=config.video_fps, video_max_frames=config.video_max_frames)
-    line = (f"eval dqn {env_id} step {state['global_step']}: {config.episodes} episodes, "
+    line = (f"eval dqn {env_id} step {state['step']}: {config.episodes} episodes, "
             f"mean {result['mean']:.2f} std {result['std']:.2f} "
             f"min {result['min']:.2f} max {result['max']:.2f}")
     if "video" in result:
         line += f" (video of the best episode: {result['video']})"
     print(line, flush=True)
-    result["env_id"], result["global_step"] = env_id, int(state["global_step"])
+    result["env_id"], result["global_step"] = env_id, int(state["step"])
     return result

@@ -49,6 +49,7 @@ from rlgen.data.base import (
     describe_error,
     normalize_size,
 )
+from rlgen.errors import InputError
 from rlgen.registry import DATASETS
 
 IMAGE_EXTENSIONS = (
@@ -252,7 +253,7 @@ def folder(
     """Any image folder (root/<class>/<img> or flat), via Pillow; mode L or RGB, resized."""
     # One folder is one split: `train` is accepted for the common builder signature only.
     if download:
-        raise ValueError(
+        raise InputError(
             "the folder dataset reads local images and cannot download; drop --download "
             "and point --data-root at the image folder"
         )

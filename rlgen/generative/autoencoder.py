@@ -19,32 +19,34 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rlgen.cli_spec import TrainerSpec
-from rlgen.generative.common import (
-    ConvDecoder,
-    GenerativeModel,
-    GenerativeRun,
+from rlgen.errors import InputError
+from rlgen.generative.config import (
     GenerativeTrainConfig,
-    _check,
-    build_encoder,
     dataset_images,
-    evaluating,
-    flat_features,
     load_for_evaluation,
     load_split,
     make_batches,
-    register_generative,
-    total_steps,
 )
+from rlgen.generative.model import (
+    GenerativeModel,
+    evaluating,
+    model_meta,
+    register_generative,
+)
+from rlgen.generative.nets import ConvDecoder, build_encoder
 from rlgen.generative.sampling import SampleConfig, sample_command
 from rlgen.registry import TRAINERS
+from rlgen.training import TrainingRun, check, total_steps
+from rlgen.vision.backbones.base import feature_shape
 
 
 @register_generative("autoencoder")
@@ -57,22 +59,23 @@ class ConvAutoencoder(GenerativeModel):
         latent_dim: int = 32,
         encoder: str = "conv",
         width: int = 32,
+        batch_norm: bool = True,
     ):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+            raise InputError(f"image_shape must be (C, H, W), got {image_shape}")
         if latent_dim < 1:
-            raise ValueError(f"--latent-dim must be >= 1, got {latent_dim}")
+            raise InputError(f"--latent-dim must be >= 1, got {latent_dim}")
         if width < 1:
-            raise ValueError(f"--width must be >= 1, got {width}")
+            raise InputError(f"--width must be >= 1, got {width}")
         self.model_config = {"image_shape": list(image_shape), "latent_dim": latent_dim,
-                             "encoder": encoder, "width": width}
+                             "encoder": encoder, "width": width, "batch_norm": batch_norm}
         self.image_shape = image_shape
         self.latent_dim = latent_dim
-        self.encoder = build_encoder(encoder, in_channels=image_shape[0], width=width)
-        self.fc = nn.Linear(flat_features(self.encoder, image_shape), latent_dim)
-        self.decoder = ConvDecoder(latent_dim, image_shape, width=width)
+        self.encoder = build_encoder(encoder, image_shape[0], width, batch_norm)
+        self.fc = nn.Linear(math.prod(feature_shape(self.encoder, image_shape)), latent_dim)
+        self.decoder = ConvDecoder(latent_dim, image_shape, width, batch_norm)
         # Gaussian fitted to training codes (see fit_latent_prior); identity until then.
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_scale_tril", torch.eye(latent_dim))
@@ -118,19 +121,30 @@ class ConvAutoencoder(GenerativeModel):
         self.latent_scale_tril.copy_(scale)
 
 
-def corrupt(
-    x: torch.Tensor, noise: str, level: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Denoising-autoencoder input corruption: ``none``, ``masking`` or ``gaussian``."""
+def corruption_draws(noise: str, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                     generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The random numbers ``corrupt`` needs: U(0, 1) for masking, N(0, 1) for gaussian."""
+    if noise == "masking":
+        return torch.rand(shape, generator=generator, device=device)
+    if noise == "gaussian":
+        return torch.randn(shape, generator=generator, device=device)
+    return None
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float, draws: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Denoising-autoencoder input corruption: ``none``, ``masking`` (each pixel zeroed with
+    probability ``level``) or ``gaussian`` (``+ level * N(0, 1)``, clipped to [0, 1]), with
+    ``draws`` from ``corruption_draws`` (drawn here from ``generator`` unless given)."""
+    if noise not in ("none", "masking", "gaussian"):
+        raise InputError(f"--noise must be none, masking or gaussian, got {noise!r}")
     if noise == "none" or level == 0:
         return x
+    if draws is None:
+        draws = corruption_draws(noise, tuple(x.shape), x.device, generator)
     if noise == "masking":
-        keep = torch.rand(x.shape, generator=generator, device=x.device) >= level
-        return x * keep
-    if noise == "gaussian":
-        eps = torch.randn(x.shape, generator=generator, device=x.device)
-        return (x + level * eps).clamp_(0.0, 1.0)
-    raise ValueError(f"--noise must be none, masking or gaussian, got {noise!r}")
+        return x * (draws >= level)
+    return (x + level * draws).clamp_(0.0, 1.0)
 
 
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -144,6 +158,9 @@ def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -
 @dataclass
 class AutoencoderConfig(GenerativeTrainConfig):
     """Train a convolutional (denoising) autoencoder on an image dataset."""
+
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (
+        *GenerativeTrainConfig.fixed_on_resume, "latent_dim", "encoder", "width")
 
     latent_dim: int = 32
     """size of the code"""
@@ -164,81 +181,83 @@ class AutoencoderConfig(GenerativeTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
-        _check(self.width >= 1, f"--width must be >= 1, got {self.width}")
-        _check(self.loss in ("bce", "mse"), f"--loss must be bce or mse, got {self.loss!r}")
-        _check(
+        check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        check(self.width >= 1, f"--width must be >= 1, got {self.width}")
+        check(self.loss in ("bce", "mse"), f"--loss must be bce or mse, got {self.loss!r}")
+        check(
             self.noise in ("none", "masking", "gaussian"),
             f"--noise must be none, masking or gaussian, got {self.noise!r}",
         )
-        _check(self.noise_level >= 0, f"--noise-level must be >= 0, got {self.noise_level}")
-        _check(
+        check(self.noise_level >= 0, f"--noise-level must be >= 0, got {self.noise_level}")
+        check(
             self.noise != "masking" or self.noise_level < 1,
             f"--noise-level must be < 1 for masking noise, got {self.noise_level}",
         )
-        _check(self.prior_images >= 1, f"--prior-images must be >= 1, got {self.prior_images}")
-        _check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
+        check(self.prior_images >= 1, f"--prior-images must be >= 1, got {self.prior_images}")
+        check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
 
 
 def train(config: AutoencoderConfig, progress: bool | None = None) -> dict[str, Any]:
     """Train, fit the sampling Gaussian, report held-out reconstruction error."""
-    from rlgen.runtime import Precision, prepare_module, resolve_device, seed_everything
+    from rlgen.runtime import Precision
     from rlgen.runtime import to_memory_format as fmt
 
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    train_set = load_split(config, train=True)
-    c, h, w = (int(s) for s in train_set.images.shape[1:])
-    model = ConvAutoencoder((c, h, w), config.latent_dim, config.encoder, config.width)
-    net = prepare_module(model, device=device, channels_last=config.channels_last,
-                         compile=config.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    precision = Precision(config.precision, device)
-    data = make_batches(config, train_set, device)
-    steps = total_steps(config, data.steps_per_epoch)
-    prior_x = dataset_images(train_set)[: config.prior_images].to(device).float().div_(255.0)
-    eval_x = None
-    if config.eval_images:
-        test = load_split(config, train=False).images[: config.eval_images]
-        eval_x = test.to(device).float().div_(255.0)
-    shown = (eval_x if eval_x is not None else prior_x)[:32]
-    shown_noisy = corrupt(shown, config.noise, config.noise_level,
-                          torch.Generator(device=device).manual_seed(config.seed))
+    with TrainingRun("autoencoder", config, progress=progress) as run:
+        config = run.config  # with --resume: the saved config and the flags given now
+        train_set = load_split(config, train=True)
+        model = ConvAutoencoder(tuple(train_set.images.shape[1:]), config.latent_dim,
+                                config.encoder, config.width, config.batch_norm)
+        model.to(run.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        precision = Precision(config.precision, run.device)
+        data = make_batches(config, train_set, run)
+        batch = data.batch_size  # global batch
+        prior_x = dataset_images(train_set)[: config.prior_images].to(run.device)
+        prior_x = prior_x.float().div_(255.0)
+        eval_x = None
+        if config.eval_images:
+            test = load_split(config, train=False).images[: config.eval_images]
+            eval_x = test.to(run.device).float().div_(255.0)
+        shown = (eval_x if eval_x is not None else prior_x)[:32]
+        shown_noisy = corrupt(shown, config.noise, config.noise_level, generator=torch.Generator(
+            device=run.device).manual_seed(config.seed))
 
-    with GenerativeRun("autoencoder", config, model, {"model": optimizer},
-                       {"model": precision}, steps, progress=progress) as run:
+        run.start(total_steps(config, data.steps_per_epoch),
+                  {"model": model, "optimizer": optimizer, "precision": precision},
+                  meta=model_meta(model), items_per_step=batch)
+        net = run.prepare(model)
         step = run.start_step
-        for x in data.batches(step):
-            if step >= steps:
-                break
-            noisy = fmt(corrupt(x, config.noise, config.noise_level), config.channels_last)
+        for step, (x, _) in run.steps(data):
+            # Drawn for the global batch, each process keeps its rows (see rlgen.distributed).
+            draws = corruption_draws(config.noise, (batch, *model.image_shape), run.device)
+            draws = run.shard(draws) if draws is not None else None
+            noisy = fmt(corrupt(x, config.noise, config.noise_level, draws), config.channels_last)
             with precision.autocast():
                 logits = net(noisy)
             loss = reconstruction_loss(logits, x, config.loss)
             optimizer.zero_grad(set_to_none=True)
             precision.step(loss, optimizer)
-            step += 1
 
-            if run.should(step, config.log_every):
+            if run.due(step, config.log_every):
                 with torch.no_grad():
-                    mse = F.mse_loss(torch.sigmoid(logits.float()), x).item()
-                run.log(step, {"train/loss": loss.item(), "train/mse": mse,
-                               "train/skipped_steps": precision.skipped_steps}, mse=mse)
-            if run.should(step, config.sample_every):
+                    mse = F.mse_loss(torch.sigmoid(logits.float()), x)
+                run.log(step, {"train/loss": loss, "train/mse": mse,
+                               "train/skipped_steps": precision.skipped_steps},
+                        show=("train/mse",))
+            if run.due(step, config.sample_every):
                 rows = [shown.cpu(), model.reconstruct(shown).cpu()]
                 if config.noise != "none":
                     rows = [shown_noisy.cpu(), model.reconstruct(shown_noisy).cpu(), shown.cpu()]
                 run.save_grid("reconstructions", torch.cat(rows), step)
                 model.fit_latent_prior(prior_x)
                 run.save_grid("generated", model.sample(64, seed=config.seed), step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                run.checkpoint(step)
 
         model.fit_latent_prior(prior_x)
+        run.checkpoint(step)  # with the fitted sampling Gaussian
         metrics: dict[str, float] = {}
         if eval_x is not None:
             metrics = evaluate_model(model, eval_x)
-            run.logger.scalars(metrics, step)
+            run.log(step, metrics)
         return run.finish(step, metrics)
 
 
@@ -256,7 +275,7 @@ def evaluate_model(
     se, bce, n = 0.0, 0.0, 0
     with evaluating(model):
         for chunk in x.split(batch_size):
-            logits = model(corrupt(chunk, noise, noise_level, generator)).float()
+            logits = model(corrupt(chunk, noise, noise_level, generator=generator)).float()
             se += F.mse_loss(torch.sigmoid(logits), chunk, reduction="sum").item()
             bce += F.binary_cross_entropy_with_logits(logits, chunk, reduction="sum").item()
             n += chunk.numel()
@@ -289,13 +308,13 @@ class AutoencoderEvalConfig:
     """seed of the input corruption"""
 
     def __post_init__(self) -> None:
-        _check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
-        _check(
+        check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
+        check(
             self.num_images is None or self.num_images > 0,
             f"--num-images must be > 0 (or omitted), got {self.num_images}",
         )
-        _check(self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}")
-        _check(self.noise_level >= 0, f"--noise-level must be >= 0, got {self.noise_level}")
+        check(self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}")
+        check(self.noise_level >= 0, f"--noise-level must be >= 0, got {self.noise_level}")
 
 
 def evaluate(config: AutoencoderEvalConfig) -> dict[str, Any]:

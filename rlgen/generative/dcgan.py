@@ -27,22 +27,19 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlgen.generative.common import (
-    GenerativeModel,
-    GenerativeRun,
-    GenerativeTrainConfig,
-    load_split,
-    make_batches,
-    register_generative,
-    total_steps,
-)
+from rlgen.distributed import no_sync
+from rlgen.errors import InputError
+from rlgen.generative.config import GenerativeTrainConfig, load_split, make_batches
+from rlgen.generative.model import GenerativeModel, model_meta, register_generative
+from rlgen.generative.nets import upsampling_plan
 from rlgen.registry import TRAINERS
+from rlgen.training import TrainingRun, check, total_steps
 from rlgen.vision.backbones import create_backbone
 from rlgen.vision.backbones.base import Backbone
 from rlgen.vision.backbones.dcgan_discriminator import (
@@ -56,29 +53,15 @@ from rlgen.vision.backbones.dcgan_discriminator import (
 # --------------------------------------------------------------------------------------------
 
 
-def upsampling_plan(image_size: int) -> tuple[int, int]:
-    """``(s, k)`` with ``image_size == s * 2**k``, ``4 <= s <= 7``, ``k >= 1``: the generator's
-    first map is ``s x s`` and ``k`` stride-2 layers follow (64 -> (4, 4), 32 -> (4, 3),
-    28 -> (7, 2))."""
-    if not isinstance(image_size, int) or isinstance(image_size, bool):
-        raise ValueError(f"image_size must be an int, got {image_size!r}")
-    side, k = image_size, 0
-    while side % 2 == 0 and side // 2 >= 4:
-        side //= 2
-        k += 1
-    if k == 0 or not 4 <= side <= 7:
-        raise ValueError(
-            f"DCGAN image size must be s * 2**k with s in 4..7 and k >= 1 (28, 32, 56, 64, 128, "
-            f"...), got {image_size}; pass --image-size 28, 32 or 64"
-        )
-    return side, k
-
-
 class DCGANGenerator(nn.Module):
-    """``z`` ``(N, latent_dim)`` or ``(N, latent_dim, 1, 1)`` -> images in [-1, 1]."""
+    """``z`` ``(N, latent_dim)`` or ``(N, latent_dim, 1, 1)`` -> images in [-1, 1].
+
+    ``batch_norm=False`` drops the batch norms (biased transposed convolutions instead): the
+    "DCGAN without batch normalization" of Arjovsky et al. 2017's comparisons."""
 
     def __init__(
-        self, latent_dim: int = 100, out_channels: int = 3, image_size: int = 64, width: int = 64
+        self, latent_dim: int = 100, out_channels: int = 3, image_size: int = 64, width: int = 64,
+        batch_norm: bool = True,
     ):
         super().__init__()
         if latent_dim < 1 or out_channels < 1 or width < 1:
@@ -89,15 +72,19 @@ class DCGANGenerator(nn.Module):
         start, ups = upsampling_plan(image_size)
         self.latent_dim, self.image_size = latent_dim, image_size
         channels = width * 2 ** (ups - 1)
+
+        def norm(c: int) -> list[nn.Module]:
+            return [nn.BatchNorm2d(c)] if batch_norm else []
+
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, channels, start, 1, 0, bias=False),
-            nn.BatchNorm2d(channels),
+            nn.ConvTranspose2d(latent_dim, channels, start, 1, 0, bias=not batch_norm),
+            *norm(channels),
             nn.ReLU(True),
         ]
         for _ in range(ups - 1):
             layers += [
-                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels // 2),
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=not batch_norm),
+                *norm(channels // 2),
                 nn.ReLU(True),
             ]
             channels //= 2
@@ -175,7 +162,7 @@ class DCGANDiscriminator(nn.Module):
         try:
             shape = trunk.feature_shape(tuple(image_shape))
         except ValueError as exc:  # BackboneInputError: too small an image for this backbone
-            raise ValueError(
+            raise InputError(
                 f"--discriminator {name} cannot take the {image_shape[1]}x{image_shape[2]} "
                 f"images of this DCGAN: {exc}"
             ) from None
@@ -198,12 +185,13 @@ def discriminator_stages(image_size: int) -> int:
 
 
 def build_discriminator(
-    name: str, channels: int, image_size: int, width: int = 64
+    name: str, channels: int, image_size: int, width: int = 64, batch_norm: bool = True
 ) -> DCGANDiscriminator:
     """The DCGAN trunk sized to mirror the generator, or any registered backbone ``name``."""
     if name == DEFAULT_DISCRIMINATOR:
         trunk = create_backbone(
-            name, in_channels=channels, width=width, num_stages=discriminator_stages(image_size)
+            name, in_channels=channels, width=width, num_stages=discriminator_stages(image_size),
+            batch_norm=batch_norm,
         )
     else:
         # Other backbones keep their own initialization (He init for ResNets, ...).
@@ -223,6 +211,7 @@ class DCGAN(GenerativeModel):
         generator_width: int = 64,
         discriminator: str = DEFAULT_DISCRIMINATOR,
         discriminator_width: int = 64,
+        batch_norm: bool = True,
     ):
         super().__init__()
         self.latent_dim = latent_dim
@@ -234,10 +223,12 @@ class DCGAN(GenerativeModel):
             "generator_width": generator_width,
             "discriminator": discriminator,
             "discriminator_width": discriminator_width,
+            "batch_norm": batch_norm,
         }
-        self.generator = DCGANGenerator(latent_dim, channels, image_size, generator_width)
+        self.generator = DCGANGenerator(latent_dim, channels, image_size, generator_width,
+                                        batch_norm)
         self.discriminator = build_discriminator(
-            discriminator, channels, image_size, discriminator_width
+            discriminator, channels, image_size, discriminator_width, batch_norm
         )
 
     @property
@@ -286,6 +277,10 @@ class DCGAN(GenerativeModel):
 class DCGANConfig(GenerativeTrainConfig):
     """Train a DCGAN (Radford et al. 2015) on an image dataset."""
 
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (
+        *GenerativeTrainConfig.fixed_on_resume, "latent_dim", "generator_width",
+        "discriminator", "discriminator_width")
+
     learning_rate: float = 2e-4
     """Adam learning rate of both networks (Radford et al.: 0.0002)"""
     batch_size: int = 128
@@ -312,19 +307,15 @@ class DCGANConfig(GenerativeTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.latent_dim < 1:
-            raise ValueError(f"--latent-dim must be >= 1, got {self.latent_dim}")
-        if self.generator_width < 1 or self.discriminator_width < 1:
-            raise ValueError(
-                f"--generator-width and --discriminator-width must be >= 1, got "
-                f"{self.generator_width} and {self.discriminator_width}"
-            )
+        check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        check(self.generator_width >= 1 and self.discriminator_width >= 1,
+              f"--generator-width and --discriminator-width must be >= 1, got "
+              f"{self.generator_width} and {self.discriminator_width}")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"--{name} must be in [0, 1), got {value}")
-        if self.num_grid_samples < 1:
-            raise ValueError(f"--num-grid-samples must be >= 1, got {self.num_grid_samples}")
+            check(0.0 <= value < 1.0, f"--{name} must be in [0, 1), got {value}")
+        check(self.num_grid_samples >= 1,
+              f"--num-grid-samples must be >= 1, got {self.num_grid_samples}")
         if self.image_size is not None:
             upsampling_plan(self.image_size)
         from rlgen.registry import BACKBONES
@@ -348,19 +339,19 @@ def train_step(
     generator: nn.Module,
     discriminator: nn.Module,
     real: torch.Tensor,
+    z: torch.Tensor,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     prec_g: Any,
     prec_d: Any,
-    latent_dim: int,
 ) -> dict[str, torch.Tensor]:
-    """One DCGAN step on ``real`` images in [-1, 1]; returns detached scalar tensors.
+    """One DCGAN step on ``real`` images in [-1, 1] and latents ``z`` (one per image);
+    returns detached scalar tensors.
 
     Real and fake images go through the discriminator as separate batches (their batch-norm
     statistics stay separate, as in the paper). The fake batch of the discriminator step is
     reused for the generator step, as pytorch/examples does.
     """
-    z = torch.randn(real.shape[0], latent_dim, 1, 1, device=real.device)
     # (1) discriminator: push D(x) -> 1 and D(G(z)) -> 0
     with prec_g.autocast():
         fake = generator(z)
@@ -372,10 +363,11 @@ def train_step(
     prec_d.step(loss_d, opt_d)
 
     # (2) generator: push D(G(z)) -> 1. The discriminator's weights need no gradient here;
-    # freezing them skips a third of its backward pass (the weight gradients).
+    # freezing them skips a third of its backward pass (the weight gradients), and under DDP
+    # `no_sync` keeps this pass out of the discriminator's gradient exchange.
     discriminator.requires_grad_(False)
     try:
-        with prec_g.autocast():
+        with no_sync(discriminator), prec_g.autocast():
             logits_gen = discriminator(fake)
             loss_g = gan_loss_g(logits_gen.float())
         opt_g.zero_grad(set_to_none=True)
@@ -399,74 +391,59 @@ def build_model(config: DCGANConfig, channels: int, image_size: int) -> DCGAN:
         generator_width=config.generator_width,
         discriminator=config.discriminator,
         discriminator_width=config.discriminator_width,
+        batch_norm=config.batch_norm,
     )
 
 
 def train(config: DCGANConfig, progress: bool | None = None) -> dict[str, Any]:
     """Train a DCGAN; returns the final metrics, the run directory and the last checkpoint."""
-    from rlgen.runtime import (
-        Precision,
-        prepare_module,
-        resolve_device,
-        seed_everything,
-        to_memory_format,
-    )
+    from rlgen.runtime import Precision, to_memory_format
 
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    dataset = load_split(config, train=True)
-    channels, height, width = (int(s) for s in dataset.images.shape[1:])
-    if height != width:
-        raise ValueError(
-            f"DCGAN needs square images, {config.dataset} has {height}x{width}; pass --image-size"
-        )
-    upsampling_plan(height)  # a clear error for an unsupported native size
-    batches = make_batches(config, dataset, device)
-    steps = total_steps(config, batches.steps_per_epoch)
+    with TrainingRun("dcgan", config, progress=progress) as run:
+        config = run.config  # with --resume: the saved config and the flags given now
+        dataset = load_split(config, train=True)
+        channels, height, width = (int(s) for s in dataset.images.shape[1:])
+        if height != width:
+            raise InputError(f"DCGAN needs square images, {config.dataset} has "
+                             f"{height}x{width}; pass --image-size")
+        upsampling_plan(height)  # a clear error for an unsupported native size
+        model = build_model(config, channels, height).to(run.device)
+        betas = (config.beta1, config.beta2)
+        opt_g = torch.optim.Adam(model.generator.parameters(), lr=config.learning_rate,
+                                 betas=betas)
+        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.learning_rate,
+                                 betas=betas)
+        # One Precision per optimizer: each loss scaler tracks its own network's overflows.
+        prec_g = Precision(config.precision, run.device)
+        prec_d = Precision(config.precision, run.device)
+        data = make_batches(config, dataset, run)
+        batch = data.batch_size  # global batch
+        fixed_noise = model.prior_latents(config.num_grid_samples, seed=config.seed)
 
-    model = build_model(config, channels, height).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # The optimizers hold the original parameters; compiled wrappers only run them.
-    generator = prepare_module(model.generator, device=device, compile=config.compile)
-    discriminator = prepare_module(model.discriminator, device=device, compile=config.compile)
-    betas = (config.beta1, config.beta2)
-    opt_g = torch.optim.Adam(model.generator.parameters(), lr=config.learning_rate, betas=betas)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.learning_rate, betas=betas)
-    # One Precision per optimizer: each loss scaler tracks its own network's overflows.
-    prec_g, prec_d = Precision(config.precision, device), Precision(config.precision, device)
-    fixed_noise = model.prior_latents(config.num_grid_samples, seed=config.seed)
-
-    run = GenerativeRun(
-        "dcgan", config, model,
-        optimizers={"generator": opt_g, "discriminator": opt_d},
-        precisions={"generator": prec_g, "discriminator": prec_d},
-        total_steps=steps, progress=progress,
-    )  # fmt: skip
-    with run:
-        step = run.start_step
-        metrics: dict[str, float] = {}
+        run.start(total_steps(config, data.steps_per_epoch),
+                  {"model": model, "optimizer_g": opt_g, "optimizer_d": opt_d,
+                   "precision_g": prec_g, "precision_d": prec_d},
+                  meta=model_meta(model), items_per_step=batch)
+        # The optimizers hold the original parameters; the wrappers (DDP, compile) run them.
+        generator = run.prepare(model.generator)
+        discriminator = run.prepare(model.discriminator)
         model.train()
-        for images in batches.batches(run.start_step):
-            if step >= steps:
-                break
+        step, metrics = run.start_step, {}
+        for step, (images, _) in run.steps(data):
             real = to_memory_format(images * 2.0 - 1.0, config.channels_last)
-            out = train_step(
-                generator, discriminator, real, opt_g, opt_d, prec_g, prec_d, config.latent_dim
-            )
-            step += 1
-            if run.should(step, config.log_every):
-                metrics = {f"train/{k}": float(v) for k, v in out.items()}
-                metrics["train/skipped_steps_g"] = prec_g.skipped_steps
-                metrics["train/skipped_steps_d"] = prec_d.skipped_steps
-                run.log(step, metrics, loss_d=metrics["train/loss_d"],
-                        loss_g=metrics["train/loss_g"])  # fmt: skip
-            if run.should(step, config.sample_every):
+            # Latents for the global batch, each process keeps its rows (rlgen.distributed).
+            z = run.shard(torch.randn(batch, config.latent_dim, 1, 1, device=run.device))
+            out = train_step(generator, discriminator, real, z, opt_g, opt_d, prec_g, prec_d)
+            if run.due(step, config.log_every):
+                metrics = run.log(step, {
+                    **{f"train/{k}": v for k, v in out.items()},
+                    "train/skipped_steps_g": prec_g.skipped_steps,
+                    "train/skipped_steps_d": prec_d.skipped_steps,
+                }, show=("train/loss_d", "train/loss_g"))
+            if run.due(step, config.sample_every):
                 run.save_grid("generated", model.generate_batched(fixed_noise), step)
                 model.train()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
-                run.checkpoint(step)
-        return run.finish(step, metrics)
+        return run.finish(step, {k: v for k, v in metrics.items() if k.startswith("train/")})
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,5 +476,4 @@ __all__ = [
     "dcgan_init",
     "train",
     "train_step",
-    "upsampling_plan",
 ]

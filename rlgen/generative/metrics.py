@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlgen.errors import InputError
+
 ArrayLike = torch.Tensor | np.ndarray
 ImageSource = torch.Tensor | Iterable[torch.Tensor]
 
@@ -382,7 +384,7 @@ class TorchScriptFeatureNet(FeatureNet):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self.net = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"--feature-net {path} is not a TorchScript file (torch.jit.trace(...).save(path)) "
                 f"or an exported program (.pt2, torch.export.save): {str(exc).splitlines()[0]}"
             ) from exc
@@ -399,7 +401,7 @@ class TorchScriptFeatureNet(FeatureNet):
         out = self.net(self.prepare(images))
         if isinstance(out, (list, tuple)):
             if len(out) != 1:
-                raise ValueError(
+                raise InputError(
                     f"the TorchScript feature net returned {len(out)} outputs; it must return one "
                     "(N, D) tensor"
                 )
@@ -407,7 +409,7 @@ class TorchScriptFeatureNet(FeatureNet):
         if out.dim() == 4 and out.shape[-2:] == (1, 1):
             out = out.flatten(1)
         if out.dim() != 2:
-            raise ValueError(
+            raise InputError(
                 f"the TorchScript feature net must return (N, D) features, got {tuple(out.shape)}"
             )
         return out.float()
@@ -428,7 +430,9 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class ClassifierSettings:
-    """Everything that decides the feature classifier; the cache file is keyed by it."""
+    """Everything that decides the feature classifier; the cache file is keyed by it.
+    ``procedure`` numbers the training procedure, so a changed procedure never reuses a file
+    trained by an older one."""
 
     dataset: str = "mnist-subset"
     model: str = "mnist_conv2_relu"
@@ -437,6 +441,7 @@ class ClassifierSettings:
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
+    procedure: int = 2  # 2: trained by rlgen.vision.classification.train
 
     def key(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
@@ -446,71 +451,41 @@ class ClassifierSettings:
         return f"fid_classifier_{self.dataset}_{self.model}_{self.image_size}px_{self.key()}.pt"
 
 
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch):
-            logits = model(images[start : start + batch])
-            correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
-    return correct / max(images.shape[0], 1)
-
-
 def train_feature_classifier(
     settings: ClassifierSettings = ClassifierSettings(),
     *,
+    run_dir: str | Path,
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``settings.model`` on the training split of ``settings.dataset`` (seeded Adam, a
-    fixed number of epochs) and measure it on the held-out split; returns a checkpoint dict."""
-    from rlgen.data import load_dataset
-    from rlgen.vision.backbones import create_model
+    """Train ``settings.model`` on the training split of ``settings.dataset`` with the project's
+    classification trainer (``rlgen.vision.classification.train``: seeded Adam, a fixed number
+    of epochs, held-out accuracy at the end; its run goes to ``run_dir``); returns the cache
+    entry: weights and what ``classifier_feature_net`` needs to use them."""
+    from rlgen.checkpoint import load_checkpoint
+    from rlgen.vision.classification import ClassifierConfig
+    from rlgen.vision.classification import train as train_classifier
 
-    kwargs: dict[str, Any] = {"image_size": settings.image_size}
-    if data_root is not None:
-        kwargs["root"] = data_root
-    train = load_dataset(settings.dataset, train=True, **kwargs)
-    heldout = load_dataset(settings.dataset, train=False, **kwargs)
-    x_train, y_train = train.full_batch(device)
-    x_test, y_test = heldout.full_batch(device)
-    mean, std = float(x_train.mean()), float(x_train.std())
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-
-    gen = torch.Generator().manual_seed(settings.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        model = create_model(
-            settings.model, num_classes=train.num_classes, in_channels=train.channels
-        ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    n = x_train.shape[0]
-    for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * idx.numel()
-        if log is not None:
-            log(f"feature classifier epoch {epoch + 1}/{settings.epochs}: loss {total / n:.4f}")
-    accuracy = _accuracy(model, x_test, y_test, 512)
+    config = ClassifierConfig(
+        model=settings.model, dataset=settings.dataset, image_size=settings.image_size,
+        epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.lr,
+        seed=settings.seed, device=str(device), run_dir=str(run_dir), checkpoint_every=0,
+        keep_checkpoints=1, **({"data_root": str(data_root)} if data_root is not None else {}),
+    )
+    result = train_classifier(config, progress=False)
+    checkpoint = load_checkpoint(result["checkpoint"])
+    meta = checkpoint["meta"]
     return {
         "kind": "fid_feature_classifier",
         "settings": asdict(settings),
-        "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "num_classes": train.num_classes,
-        "in_channels": train.channels,
-        "mean": mean,
-        "std": std,
-        "heldout_accuracy": accuracy,
-        "num_train": int(n),
-        "num_heldout": int(x_test.shape[0]),
+        "model": checkpoint["state"]["model"],
+        "num_classes": meta["num_classes"],
+        "in_channels": meta["in_channels"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "heldout_accuracy": result["eval/accuracy"],
+        "num_heldout": int(result["eval/num_images"]),
+        "run_dir": result["run_dir"],
     }
 
 
@@ -539,7 +514,8 @@ def classifier_feature_net(
                 f"training the FID feature classifier ({settings.model} on {settings.dataset}); "
                 f"it is cached in {path}"
             )
-        state = train_feature_classifier(settings, data_root=data_root, device=device, log=log)
+        state = train_feature_classifier(settings, run_dir=path.with_suffix(".run"),
+                                         data_root=data_root, device=device)
         save_checkpoint(state, path)
         cached = False
     model = create_model(
@@ -584,7 +560,7 @@ def load_feature_net(
     path = Path(spec).expanduser()
     if path.suffix in (".pt", ".pth", ".ts", ".jit", ".pt2") or path.exists():
         return TorchScriptFeatureNet(path, input_size=(input_size, input_size), device=device)
-    raise ValueError(
+    raise InputError(
         f"--feature-net must be 'mnist' (rlgen's own MNIST classifier) or the path of a "
         f"TorchScript file (.pt), got {spec!r}"
     )
@@ -628,29 +604,30 @@ class GenerativeEvalConfig:
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
-            raise ValueError("--checkpoint is required: a checkpoint file or a run directory")
+            raise InputError("--checkpoint is required: a checkpoint file or a run directory")
         if self.num_samples is not None and self.num_samples < 2:
-            raise ValueError(f"--num-samples must be >= 2, got {self.num_samples}")
+            raise InputError(f"--num-samples must be >= 2, got {self.num_samples}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.feature_epochs < 1:
-            raise ValueError(f"--feature-epochs must be >= 1, got {self.feature_epochs}")
+            raise InputError(f"--feature-epochs must be >= 1, got {self.feature_epochs}")
 
 
 def evaluate_checkpoint(config: GenerativeEvalConfig, print_result: bool = True) -> dict[str, Any]:
     """FID / IS of any rlgen generative checkpoint (dcgan, vae, autoencoder) in one process."""
-    from rlgen.checkpoint import load_checkpoint
+    from rlgen.checkpoint import find_checkpoint, load_checkpoint
     from rlgen.data import load_dataset
-    from rlgen.generative.common import load_generative, resolve_resume
+    from rlgen.generative.model import load_generative
     from rlgen.runtime import resolve_device
 
     device = resolve_device(config.device)
-    path = resolve_resume(config.checkpoint)
-    model = load_generative(path, device)
-    train_config = load_checkpoint(path).get("config", {})
+    path = find_checkpoint(config.checkpoint)
+    checkpoint = load_checkpoint(path)
+    model = load_generative(checkpoint, device)
+    train_config = checkpoint.get("config", {})
     dataset = config.dataset or train_config.get("dataset")
     if dataset is None:
-        raise ValueError(f"{path} does not say its dataset; pass --dataset")
+        raise InputError(f"{path} does not say its dataset; pass --dataset")
     size = model.image_shape[1]
     kwargs: dict[str, Any] = {"train": config.real_split == "train", "image_size": size}
     root = config.data_root or train_config.get("data_root")
@@ -662,7 +639,7 @@ def evaluate_checkpoint(config: GenerativeEvalConfig, print_result: bool = True)
     spec = config.feature_net
     if spec == "auto":
         if model.image_shape[0] != 1:
-            raise ValueError(
+            raise InputError(
                 "rlgen has no feature network for colour images of its own: pass "
                 "--feature-net PATH of a TorchScript InceptionV3 (see rlgen.generative.metrics)"
             )
@@ -695,7 +672,7 @@ def evaluate_checkpoint(config: GenerativeEvalConfig, print_result: bool = True)
                             batch_size=config.batch_size)  # fmt: skip
     if config.metric in ("is", "fid+is"):
         if not isinstance(net, ClassifierFeatureNet):
-            raise ValueError("--metric is needs a classifier feature net (--feature-net mnist)")
+            raise InputError("--metric is needs a classifier feature net (--feature-net mnist)")
         mean, std = inception_score(sampler(), net.logits, num_samples=num_samples,
                                     batch_size=config.batch_size)  # fmt: skip
         result["inception_score"], result["inception_score_std"] = mean, std

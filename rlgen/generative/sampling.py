@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlgen.errors import InputError
+
 
 @dataclass
 class SampleConfig:
@@ -44,19 +46,19 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
-            raise ValueError("--checkpoint is required (a checkpoint file or run directory)")
+            raise InputError("--checkpoint is required (a checkpoint file or run directory)")
         if self.num < 1:
-            raise ValueError(f"--num must be >= 1, got {self.num}")
+            raise InputError(f"--num must be >= 1, got {self.num}")
         if self.steps < 2:
-            raise ValueError(f"--steps must be >= 2, got {self.steps}")
+            raise InputError(f"--steps must be >= 2, got {self.steps}")
         if self.nrow is not None and self.nrow < 1:
-            raise ValueError(f"--nrow must be >= 1 (or omitted), got {self.nrow}")
+            raise InputError(f"--nrow must be >= 1 (or omitted), got {self.nrow}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.format not in ("grid", "png", "jpg"):
-            raise ValueError(f"--format must be grid, png or jpg, got {self.format!r}")
+            raise InputError(f"--format must be grid, png or jpg, got {self.format!r}")
         if not self.out:
-            raise ValueError("--out must name an output file or directory")
+            raise InputError("--out must name an output file or directory")
 
 
 def sample_command(config: SampleConfig, kind: str | None = None) -> dict[str, Any]:
@@ -65,13 +67,13 @@ def sample_command(config: SampleConfig, kind: str | None = None) -> dict[str, A
     ``kind`` (set by each trainer's spec) must match the checkpoint's model kind.
     """
     from rlgen.data.images import save_image
-    from rlgen.generative.common import load_generative
+    from rlgen.generative.model import load_generative
     from rlgen.runtime import resolve_device
 
     device = resolve_device(config.device)
     model = load_generative(config.checkpoint, device=device)
     if kind is not None and model.kind != kind:
-        raise ValueError(
+        raise InputError(
             f"{config.checkpoint} holds a {model.kind!r} model; use `rlgen sample {model.kind}`"
         )
     if config.interpolate:
@@ -87,7 +89,7 @@ def sample_command(config: SampleConfig, kind: str | None = None) -> dict[str, A
     out = Path(config.out)
     if config.format == "grid":
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"):
-            raise ValueError(f"--out {out} must be an image file (.png, .jpg) for a grid; "
+            raise InputError(f"--out {out} must be an image file (.png, .jpg) for a grid; "
                              f"use --format png to write one file per image into a directory")
         paths = [save_image(images, out, nrow=nrow)]
     else:

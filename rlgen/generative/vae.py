@@ -28,30 +28,31 @@ import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rlgen.cli_spec import TrainerSpec
-from rlgen.generative.common import (
-    ConvDecoder,
-    GenerativeModel,
-    GenerativeRun,
+from rlgen.errors import InputError
+from rlgen.generative.config import (
     GenerativeTrainConfig,
-    _check,
-    build_encoder,
-    evaluating,
-    flat_features,
     load_for_evaluation,
     load_split,
     make_batches,
-    register_generative,
-    total_steps,
 )
+from rlgen.generative.model import (
+    GenerativeModel,
+    evaluating,
+    model_meta,
+    register_generative,
+)
+from rlgen.generative.nets import ConvDecoder, build_encoder
 from rlgen.generative.sampling import SampleConfig, sample_command
 from rlgen.registry import TRAINERS
+from rlgen.training import TrainingRun, check, total_steps
+from rlgen.vision.backbones.base import feature_shape
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -73,32 +74,34 @@ class VAE(GenerativeModel):
         likelihood: str = "bernoulli",
         binarize: str = "none",
         width: int = 32,
+        batch_norm: bool = True,
     ):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+            raise InputError(f"image_shape must be (C, H, W), got {image_shape}")
         if latent_dim < 1:
-            raise ValueError(f"--latent-dim must be >= 1, got {latent_dim}")
+            raise InputError(f"--latent-dim must be >= 1, got {latent_dim}")
         if width < 1:
-            raise ValueError(f"--width must be >= 1, got {width}")
+            raise InputError(f"--width must be >= 1, got {width}")
         if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"--likelihood must be bernoulli or gaussian, got {likelihood!r}")
+            raise InputError(f"--likelihood must be bernoulli or gaussian, got {likelihood!r}")
         if binarize not in ("none", "dynamic", "threshold"):
-            raise ValueError(f"--binarize must be none, dynamic or threshold, got {binarize!r}")
+            raise InputError(f"--binarize must be none, dynamic or threshold, got {binarize!r}")
         self.model_config = {
             "image_shape": list(image_shape), "latent_dim": latent_dim, "encoder": encoder,
             "likelihood": likelihood, "binarize": binarize, "width": width,
+            "batch_norm": batch_norm,
         }
         self.image_shape = image_shape
         self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.binarize = binarize
-        self.encoder = build_encoder(encoder, in_channels=image_shape[0], width=width)
-        features = flat_features(self.encoder, image_shape)
+        self.encoder = build_encoder(encoder, image_shape[0], width, batch_norm)
+        features = math.prod(feature_shape(self.encoder, image_shape))
         self.fc_mu = nn.Linear(features, latent_dim)
         self.fc_logvar = nn.Linear(features, latent_dim)
-        self.decoder = ConvDecoder(latent_dim, image_shape, width=width)
+        self.decoder = ConvDecoder(latent_dim, image_shape, width, batch_norm)
         if likelihood == "gaussian":
             # One learned output scale (a "calibrated" Gaussian decoder); starts at sigma = 0.1.
             self.log_sigma = nn.Parameter(torch.tensor(math.log(0.1)))
@@ -116,10 +119,15 @@ class VAE(GenerativeModel):
         """Latents -> the decoder's mean image in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z).float())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One reparameterized pass: (logits of p(x|z), mu, logvar), z = mu + sigma * eps."""
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One reparameterized pass: (logits of p(x|z), mu, logvar), z = mu + sigma * eps with
+        ``eps`` ~ N(0, I) drawn here unless given (the trainer draws it for the global batch)."""
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
         return self.decode_logits(z), mu, logvar
 
     @torch.inference_mode()
@@ -130,11 +138,17 @@ class VAE(GenerativeModel):
 
     # -- densities (float32, per image, nats) --------------------------------------------------
     def binarize_input(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self, x: torch.Tensor, uniform: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The data the likelihood models: grey levels, a Bernoulli draw, or a threshold."""
+        """The data the likelihood models: grey levels, a Bernoulli draw, or a threshold.
+
+        The Bernoulli draw is ``uniform < x`` with ``uniform`` ~ U(0, 1) of ``x``'s shape,
+        drawn here (from ``generator``) unless given."""
         if self.binarize == "dynamic":
-            return torch.bernoulli(x, generator=generator)
+            if uniform is None:
+                uniform = torch.rand(x.shape, generator=generator, device=x.device)
+            return (uniform < x).to(x.dtype)
         if self.binarize == "threshold":
             return (x > 0.5).to(x.dtype)
         return x
@@ -217,6 +231,10 @@ def standard_normal_logpdf(z: torch.Tensor) -> torch.Tensor:
 class VAEConfig(GenerativeTrainConfig):
     """Train a VAE (Kingma & Welling 2014; beta-VAE weighting) on an image dataset."""
 
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (
+        *GenerativeTrainConfig.fixed_on_resume, "latent_dim", "encoder", "width", "likelihood",
+        "binarize")
+
     latent_dim: int = 20
     """dimension of the Gaussian latent z"""
     encoder: str = "conv"
@@ -237,51 +255,48 @@ class VAEConfig(GenerativeTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
-        _check(self.width >= 1, f"--width must be >= 1, got {self.width}")
-        _check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
-        _check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
-        _check(self.eval_k >= 0, f"--eval-k must be >= 0, got {self.eval_k}")
-        _check(
-            self.likelihood in ("bernoulli", "gaussian"),
-            f"--likelihood must be bernoulli or gaussian, got {self.likelihood!r}",
-        )
-        _check(
-            self.binarize in ("none", "dynamic", "threshold"),
-            f"--binarize must be none, dynamic or threshold, got {self.binarize!r}",
-        )
+        check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        check(self.width >= 1, f"--width must be >= 1, got {self.width}")
+        check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
+        check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
+        check(self.eval_k >= 0, f"--eval-k must be >= 0, got {self.eval_k}")
+        check(self.likelihood in ("bernoulli", "gaussian"),
+              f"--likelihood must be bernoulli or gaussian, got {self.likelihood!r}")
+        check(self.binarize in ("none", "dynamic", "threshold"),
+              f"--binarize must be none, dynamic or threshold, got {self.binarize!r}")
 
 
 def train(config: VAEConfig, progress: bool | None = None) -> dict[str, Any]:
     """Train, then report held-out negative ELBO and NLL; returns the final metrics."""
-    from rlgen.runtime import Precision, prepare_module, resolve_device, seed_everything
+    from rlgen.runtime import Precision
     from rlgen.runtime import to_memory_format as fmt
 
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    train_set = load_split(config, train=True)
-    c, h, w = (int(s) for s in train_set.images.shape[1:])
-    model = VAE((c, h, w), config.latent_dim, config.encoder, config.likelihood, config.binarize,
-                config.width)
-    net = prepare_module(model, device=device, channels_last=config.channels_last,
-                         compile=config.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    precision = Precision(config.precision, device)
-    data = make_batches(config, train_set, device)
-    steps = total_steps(config, data.steps_per_epoch)
-    pixels = c * h * w
-    eval_x = _eval_images(config, device)
-    shown = eval_x[:32] if eval_x is not None else None
+    with TrainingRun("vae", config, progress=progress) as run:
+        config = run.config  # with --resume: the saved config and the flags given now
+        train_set = load_split(config, train=True)
+        model = VAE(tuple(train_set.images.shape[1:]), config.latent_dim, config.encoder,
+                    config.likelihood, config.binarize, config.width, config.batch_norm)
+        model.to(run.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        precision = Precision(config.precision, run.device)
+        data = make_batches(config, train_set, run)
+        batch, pixels = data.batch_size, math.prod(model.image_shape)  # global batch
+        eval_x = _eval_images(config, run.device)
+        shown = eval_x[:32] if eval_x is not None else None
 
-    with GenerativeRun("vae", config, model, {"model": optimizer}, {"model": precision},
-                       steps, progress=progress) as run:
+        run.start(total_steps(config, data.steps_per_epoch),
+                  {"model": model, "optimizer": optimizer, "precision": precision},
+                  meta=model_meta(model), items_per_step=batch)
+        net = run.prepare(model)
         step = run.start_step
-        for x in data.batches(step):
-            if step >= steps:
-                break
-            x = fmt(model.binarize_input(x), config.channels_last)
+        for step, (x, _) in run.steps(data):
+            # Noise is drawn for the global batch and each process keeps its rows, so a
+            # torchrun job computes what one process would.
+            uniform = run.shard(torch.rand(batch, *model.image_shape, device=run.device))
+            eps = run.shard(torch.randn(batch, config.latent_dim, device=run.device))
+            x = fmt(model.binarize_input(x, uniform), config.channels_last)
             with precision.autocast():
-                logits, mu, logvar = net(x)
+                logits, mu, logvar = net(x, eps)
             recon, kl = model.loss_terms(x, logits, mu, logvar)
             loss = recon + config.beta * kl
             optimizer.zero_grad(set_to_none=True)
@@ -289,26 +304,22 @@ def train(config: VAEConfig, progress: bool | None = None) -> dict[str, Any]:
             # scaling then starts in range instead of skipping its first ~9 steps (a 784-pixel
             # sum times the initial scale 2**16 overflows fp16 gradients).
             precision.step(loss / pixels, optimizer)
-            step += 1
 
-            if run.should(step, config.log_every):
-                recon_v, kl_v = recon.item(), kl.item()
-                run.log(step, {"train/loss": loss.item(), "train/recon": recon_v,
-                               "train/kl": kl_v, "train/elbo": -(recon_v + kl_v),
+            if run.due(step, config.log_every):
+                run.log(step, {"train/loss": loss, "train/recon": recon, "train/kl": kl,
+                               "train/elbo": -(recon + kl),
                                "train/skipped_steps": precision.skipped_steps},
-                        elbo=-(recon_v + kl_v))
-            if run.should(step, config.sample_every):
+                        show=("train/elbo",))
+            if run.due(step, config.sample_every):
                 run.save_grid("generated", model.sample(64, seed=config.seed), step)
                 if shown is not None:
                     pairs = torch.cat([shown.cpu(), model.reconstruct(shown).cpu()])
                     run.save_grid("reconstructions", pairs, step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                run.checkpoint(step)
 
         metrics: dict[str, float] = {}
         if eval_x is not None:
             metrics = evaluate_model(model, eval_x, k=config.eval_k, seed=config.seed)
-            run.logger.scalars(metrics, step)
+            run.log(step, metrics)
         return run.finish(step, metrics)
 
 
@@ -370,13 +381,13 @@ class VAEEvalConfig:
     """seed of the posterior samples and of the binarization draw"""
 
     def __post_init__(self) -> None:
-        _check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
-        _check(self.k >= 1, f"--k must be >= 1, got {self.k}")
-        _check(
+        check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
+        check(self.k >= 1, f"--k must be >= 1, got {self.k}")
+        check(
             self.num_images is None or self.num_images > 0,
             f"--num-images must be > 0 (or omitted), got {self.num_images}",
         )
-        _check(self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}")
+        check(self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}")
 
 
 def evaluate(config: VAEEvalConfig) -> dict[str, Any]:

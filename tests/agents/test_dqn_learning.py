@@ -133,7 +133,8 @@ def test_atari_run_logs_cleanrl_tags_and_checkpoints(atari_run):
     # the replay is kept (compact) beside the newest checkpoint only
     assert names == ["ckpt_000001000.pt", "ckpt_000001200.pt", "replay_000001200.npz"]
     state = load_checkpoint(run_dir)
-    assert state["global_step"] == 1_200 and state["config"]["env_id"] == "ALE/Breakout-v5"
+    assert state["step"] == 1_200 and state["config"]["env_id"] == "ALE/Breakout-v5"
+    assert state["state"]["loop"]["global_step"] == 1_200
 
 
 def test_atari_resume_continues_the_run(atari_run):
@@ -141,9 +142,10 @@ def test_atari_resume_continues_the_run(atari_run):
     before = load_checkpoint(run_dir)
     metrics = train(DQNConfig(resume=str(run_dir), total_timesteps=1_400, **CPU))
     assert metrics["global_step"] == 1_400
-    assert metrics["num_updates"] == before["num_updates"] + 200 // 4  # the replay came back
+    # the replay came back: learning goes on at once
+    assert metrics["num_updates"] == before["state"]["loop"]["num_updates"] + 200 // 4
     after = load_checkpoint(run_dir)
-    assert after["global_step"] == 1_400 and after["config"]["total_timesteps"] == 1_400
+    assert after["step"] == 1_400 and after["config"]["total_timesteps"] == 1_400
     assert after["config"]["learning_starts"] == 800  # the saved config, not the defaults
     tags = _event_tags(run_dir)
     assert max(step for step, _ in tags["losses/td_loss"]) == 1_400
@@ -187,9 +189,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
         train(DQNConfig(**RESUME, run_dir=str(tmp_path / "part"), **cpu))
     monkeypatch.undo()
     saved = load_checkpoint(tmp_path / "part")
-    assert saved["global_step"] == 600  # saved at the end of the interrupted step
-    assert (tmp_path / "part" / "checkpoints" / saved["replay_file"]).is_file()
-    assert (saved["pending_batch"] is not None) is prefetch
+    assert saved["step"] == 600  # saved at the end of the interrupted step
+    assert (tmp_path / "part" / "checkpoints" / saved["state"]["replay"]["file"]).is_file()
+    assert (saved["state"]["prefetch"]["indices"] is not None) is prefetch
 
     # The checkpoint holds the state at the save point: network outputs, epsilon position.
     q_saved, _ = load_q_network(tmp_path / "part")
@@ -208,9 +210,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
 
     assert losses("part") and losses("part") == losses("full")
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
-    for key in a["q_network"]:
-        assert torch.equal(a["q_network"][key], b["q_network"][key]), key
-    assert a["explore_rng"] == b["explore_rng"]
+    for key in a["state"]["q_network"]:
+        assert torch.equal(a["state"]["q_network"][key], b["state"]["q_network"][key]), key
+    assert a["state"]["loop"]["explore_rng"] == b["state"]["loop"]["explore_rng"]
     q_full, _ = load_q_network(tmp_path / "full")
     assert not torch.equal(q_saved(probe), q_full(probe))  # it did learn after the save point
 
@@ -227,7 +229,7 @@ def test_options_double_dueling_prioritized_nstep_bf16_soft_target(tmp_path):
     assert metrics["num_updates"] == (300 - 100) // 2
     assert np.isfinite(metrics["eval_mean"])
     state = load_checkpoint(tmp_path / "opts")
-    assert state["precision"]["precision"] == "bf16-mixed"
-    assert any(k.startswith("advantage.") for k in state["q_network"])  # the dueling head
+    assert state["state"]["precision"]["precision"] == "bf16-mixed"
+    assert any(k.startswith("advantage.") for k in state["state"]["q_network"])  # dueling
     q_network, _ = load_q_network(tmp_path / "opts")
     assert q_network.dueling and q_network(torch.zeros(3, 4)).shape == (3, 2)

@@ -58,10 +58,10 @@ def test_shapes(shape):
 def test_masking_and_gaussian_corruption():
     x = torch.full((4, 1, 28, 28), 0.5)
     g = torch.Generator().manual_seed(0)
-    masked = corrupt(x, "masking", 0.3, g)
+    masked = corrupt(x, "masking", 0.3, generator=g)
     assert (masked == 0).float().mean().item() == pytest.approx(0.3, abs=0.03)
     assert set(masked.unique().tolist()) == {0.0, 0.5}
-    noisy = corrupt(x, "gaussian", 2.0, g)
+    noisy = corrupt(x, "gaussian", 2.0, generator=g)
     assert noisy.min() == 0 and noisy.max() == 1  # clipped to the image range
     assert torch.equal(corrupt(x, "none", 0.3), x)
     with pytest.raises(ValueError, match="--noise must be"):

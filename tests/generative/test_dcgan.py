@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from rlgen.generative.common import load_generative
 from rlgen.generative.dcgan import (
     DCGAN,
     DCGANConfig,
@@ -23,7 +22,6 @@ from rlgen.generative.dcgan import (
     gan_losses_d,
     train,
     train_step,
-    upsampling_plan,
 )
 from rlgen.generative.metrics import (
     ClassifierSettings,
@@ -31,6 +29,8 @@ from rlgen.generative.metrics import (
     feature_statistics,
     fid,
 )
+from rlgen.generative.model import load_generative
+from rlgen.generative.nets import upsampling_plan
 from rlgen.runtime import Precision
 from rlgen.vision.backbones import BackboneInputError, create_backbone
 
@@ -148,7 +148,8 @@ def test_any_backbone_can_be_the_discriminator(name, size):
     opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
     trunk_before = [p.detach().clone() for p in D.trunk.parameters()]
     real = torch.rand(8, 1, size, size) * 2 - 1
-    out = train_step(G, D, real, opt_g, opt_d, Precision("32"), Precision("32"), 100)
+    z = torch.randn(8, 100, 1, 1)
+    out = train_step(G, D, real, z, opt_g, opt_d, Precision("32"), Precision("32"))
     assert all(math.isfinite(float(v)) for v in out.values())
     assert all(not torch.equal(a, b) for a, b in zip(trunk_before, D.trunk.parameters()))
     # a backbone that cannot take the image size says so
@@ -165,12 +166,11 @@ def test_train_step_updates_both_networks_and_freezes_d_for_the_generator_step()
     g0, d0 = G.main[0].weight.detach().clone(), D.head.weight.detach().clone()
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     torch.manual_seed(1)
-    out = train_step(G, D, real, opt_g, opt_d, Precision(), Precision(), 100)
+    z = torch.randn(8, 100, 1, 1)
+    out = train_step(G, D, real, z, opt_g, opt_d, Precision(), Precision())
     assert not torch.equal(g0, G.main[0].weight) and not torch.equal(d0, D.head.weight)
     assert all(p.requires_grad for p in D.parameters())
     # D's gradients are those of the discriminator loss alone: the generator step added none
-    torch.manual_seed(1)
-    z = torch.randn(8, 100, 1, 1)
     fake = reference.generator(z).detach()
     loss_d = gan_losses_d(reference.discriminator(real), reference.discriminator(fake))
     loss_d.backward()
@@ -216,7 +216,7 @@ def test_fp16_mixed_training_stays_finite(tmp_path):
     assert result["train/skipped_steps_g"] <= 3 and result["train/skipped_steps_d"] <= 3
     state = torch.load(result["checkpoint"], weights_only=True)
     for net in ("generator", "discriminator"):
-        adam_steps = int(state["optimizers"][net]["state"][0]["step"])
+        adam_steps = int(state["state"][f"optimizer_{net[0]}"]["state"][0]["step"])
         assert adam_steps == 6 - result[f"train/skipped_steps_{net[0]}"] > 0
     model = load_generative(result["checkpoint"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -232,8 +232,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert resumed["step"] == 4
     a = torch.load(full["checkpoint"], weights_only=True)
     b = torch.load(resumed["checkpoint"], weights_only=True)
-    for key, value in a["model"].items():
-        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in a["state"]["model"].items():
+        torch.testing.assert_close(b["state"]["model"][key], value, rtol=0, atol=0, msg=key)
     steps = [r["step"] for r in read_metrics(resumed["run_dir"]) if r["tag"] == "train/loss_g"]
     assert steps == [1, 2, 3, 4]  # the resumed run logs into the same run directory
 

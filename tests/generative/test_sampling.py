@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from rlgen.checkpoint import save_checkpoint
-from rlgen.generative.common import model_state
+from rlgen.generative.model import model_checkpoint
 from rlgen.generative.sampling import SampleConfig, sample_command
 from rlgen.generative.vae import VAE
 from rlgen.runtime import torch_threads
@@ -34,7 +34,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory):
-    return save_checkpoint(model_state("vae", model), tmp_path_factory.mktemp("ckpt") / "vae.pt")
+    return save_checkpoint(model_checkpoint(model), tmp_path_factory.mktemp("ckpt") / "vae.pt")
 
 
 def test_sample_is_deterministic_for_a_seed_and_batch_size_free(model):

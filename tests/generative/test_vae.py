@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import rlgen.generative
+from rlgen.checkpoint import CheckpointError
+from rlgen.errors import InputError
 from rlgen.generative.vae import VAE, VAEConfig, evaluate_model, gaussian_kl, train
 from rlgen.runtime import torch_threads
 from rlgen.vision.backbones import register_backbone
@@ -125,11 +127,15 @@ def test_likelihoods_match_torch_distributions():
     normal = torch.distributions.Normal(torch.sigmoid(logits), 0.1)
     assert torch.allclose(gaussian.log_px_given_z(x, logits),
                           normal.log_prob(x).flatten(1).sum(1), rtol=1e-4)
-    x_bin = bernoulli.binarize_input(x, torch.Generator().manual_seed(0))
+    x_bin = bernoulli.binarize_input(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x_bin, x)  # binarize="none" keeps grey levels
-    dynamic = VAE(binarize="dynamic", width=4).binarize_input(x, torch.Generator().manual_seed(1))
+    dynamic_vae = VAE(binarize="dynamic", width=4)
+    dynamic = dynamic_vae.binarize_input(x, generator=torch.Generator().manual_seed(1))
     assert set(dynamic.unique().tolist()) == {0.0, 1.0}
     assert dynamic.mean().item() == pytest.approx(x.mean().item(), abs=0.02)
+    # given uniforms u, the draw is u < x: what the trainer uses with global-batch noise
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(dynamic_vae.binarize_input(x, u), (u < x).float())
 
 
 def test_elbo_below_iwae_below_exact_log_likelihood():
@@ -209,11 +215,11 @@ def config_dir(result):
 def test_load_round_trip(trained):
     _, result = trained
     state = torch.load(result["checkpoint"], weights_only=True)
-    assert state["kind"] == "vae" and state["step"] == 120
+    assert state["meta"]["kind"] == "vae" and state["step"] == 120
     model = rlgen.generative.load(result["checkpoint"])
     assert isinstance(model, VAE) and not model.training
     for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state["model"][name]), name
+        assert torch.equal(tensor, state["state"]["model"][name]), name
     again = rlgen.generative.load(result["run_dir"])  # a run directory: its latest checkpoint
     assert torch.equal(again.sample(4, seed=3), model.sample(4, seed=3))
 
@@ -227,16 +233,21 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     a = torch.load(full["checkpoint"], weights_only=True)
     b = torch.load(resumed["checkpoint"], weights_only=True)
     assert a["step"] == b["step"] == 14
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+    for name in a["state"]["model"]:
+        assert torch.equal(a["state"]["model"][name], b["state"]["model"][name]), name
     steps = [m["step"] for m in metrics_of(part["run_dir"]) if m["tag"] == "train/loss"]
     assert steps == [5, 7, 10, 14]
 
 
 def test_resume_rejects_another_model(tmp_path):
     run = train(tiny(max_steps=2, run_dir=str(tmp_path / "a")), progress=False)
-    with pytest.raises(ValueError, match="differs from the configured one"):
+    with pytest.raises(InputError, match="--latent-dim cannot change when resuming"):
         train(tiny(latent_dim=4, max_steps=4, resume=run["run_dir"]), progress=False)
+    with pytest.raises(CheckpointError, match="holds a 'vae' run, not a 'autoencoder' one"):
+        from rlgen.generative.autoencoder import AutoencoderConfig
+        from rlgen.generative.autoencoder import train as train_autoencoder
+
+        train_autoencoder(AutoencoderConfig(dataset="mnist-subset", resume=run["run_dir"]))
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])

@@ -86,16 +86,23 @@ class Backbone(nn.Module):
     def feature_shape(self, input_size: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of ``forward_features`` (without the batch) for one input of ``input_size``
         (C, H, W) or (D,), measured with one dummy forward pass rather than computed by hand."""
-        was_training = self.training
-        self.eval()
-        try:
-            p = next(self.parameters(), None)
-            device = p.device if p is not None else torch.device("cpu")
-            with torch.no_grad():
-                out = self.forward_features(torch.zeros(1, *input_size, device=device))
-        finally:
-            self.train(was_training)
-        return tuple(out.shape[1:])
+        return feature_shape(self, input_size)
+
+
+def feature_shape(backbone: nn.Module, input_size: tuple[int, ...]) -> tuple[int, ...]:
+    """``backbone.forward_features``'s output shape (without the batch) for one input of
+    ``input_size``, measured with a dummy forward pass in eval mode (batch-norm statistics are
+    left alone). Works for any module with ``forward_features``, ``Backbone`` subclass or not."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        p = next(backbone.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        with torch.no_grad():
+            out = backbone.forward_features(torch.zeros(1, *input_size, device=device))
+    finally:
+        backbone.train(was_training)
+    return tuple(out.shape[1:])
 
 
 class SequentialHeadMixin:

@@ -29,15 +29,16 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-
 class DCGANDiscriminatorTrunk(Backbone):
     """The DCGAN discriminator's convolutions: ``num_stages`` 4x4 stride-2 convolutions,
-    ``width * 2**i`` channels, batch norm (except on the input layer) and LeakyReLU 0.2.
+    ``width * 2**i`` channels, batch norm (except on the input layer; ``batch_norm=False``:
+    none, with biased convolutions instead) and LeakyReLU 0.2.
 
     Stages ``stage1..stageN`` have reduction 2, 4, 8, ...; 64x64 with 4 stages -> 512x4x4.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, num_stages: int = 4):
+    def __init__(self, in_channels: int = 3, width: int = 64, num_stages: int = 4,
+                 batch_norm: bool = True):
         super().__init__()
         if num_stages < 1 or width < 1:
             raise ValueError(f"num_stages and width must be >= 1, got {num_stages}, {width}")
@@ -48,8 +49,9 @@ class DCGANDiscriminatorTrunk(Backbone):
         c = in_channels
         for i in range(num_stages):
             out = width * 2**i
-            layers: list[nn.Module] = [nn.Conv2d(c, out, 4, 2, 1, bias=False)]
-            if i > 0:  # Radford et al.: no batch norm on the discriminator's input layer
+            normed = batch_norm and i > 0  # Radford et al.: none on the input layer
+            layers: list[nn.Module] = [nn.Conv2d(c, out, 4, 2, 1, bias=not batch_norm)]
+            if normed:
                 layers.append(nn.BatchNorm2d(out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             self.stages.append(nn.Sequential(*layers))
@@ -70,7 +72,7 @@ class DCGANDiscriminatorTrunk(Backbone):
 
 @register_backbone(DEFAULT_DISCRIMINATOR)
 def dcgan_discriminator(
-    in_channels: int = 3, width: int = 64, num_stages: int = 4
+    in_channels: int = 3, width: int = 64, num_stages: int = 4, batch_norm: bool = True
 ) -> DCGANDiscriminatorTrunk:
     """DCGAN discriminator trunk (Radford et al. 2015): 4x4/2 convs, BN, LeakyReLU 0.2."""
-    return DCGANDiscriminatorTrunk(in_channels, width, num_stages)
+    return DCGANDiscriminatorTrunk(in_channels, width, num_stages, batch_norm)

@@ -69,7 +69,11 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
             ) from exc
     else:
         obj = source
-    # Training checkpoints wrap the weights; take the first container key that holds them.
+    # An rlgen training checkpoint (`rlgen train ...`): the trained network is state["model"].
+    if isinstance(obj, Mapping) and isinstance(obj.get("state"), Mapping) \
+            and isinstance(obj["state"].get("model"), Mapping):
+        obj = obj["state"]["model"]
+    # Other training checkpoints wrap the weights; take the first container key holding them.
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
