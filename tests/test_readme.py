@@ -36,6 +36,8 @@ def _readme_commands() -> list[list[str]]:
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("#")[0].split("&&"):
                 words = shlex.split(part)
+                if words[:1] == ["torchrun"] and "-m" in words:  # torchrun ... -m rlgen train
+                    words = words[words.index("-m") + 1:]
                 if len(words) > 2 and words[0].endswith("rlgen") and words[1] in (
                     "train", "eval", "sample"
                 ) and not words[2].isupper():  # NAME is a placeholder
@@ -76,3 +78,22 @@ def test_ci_runs_the_readme_test_command():
     assert "<!-- test-command -->" in ci
     block = re.search(r"<!-- test-command -->\n```\n(.*?)\n```", README, flags=re.S)
     assert block and "pytest" in block.group(1) and "pip install torch==2.13.0" in block.group(1)
+
+
+def test_readme_torchrun_commands_parse():
+    launched = [c for c in COMMANDS if "--sync-batchnorm" in c or "--no-batch-norm" in c]
+    assert len(launched) >= 2  # the Scaling-out section's commands are among those checked
+
+
+def test_readme_own_trainer_example_runs(tmp_path, monkeypatch):
+    """The 'your own trainer' example of the Core section trains, checkpoints and resumes."""
+    start = README.index("from dataclasses import dataclass\nimport torch\nfrom rlgen.data.batches")
+    code = README[start:README.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    checkpoints = sorted((tmp_path / "runs" / "regression" / "checkpoints").glob("ckpt_*.pt"))
+    assert [p.name for p in checkpoints] == ["ckpt_000000032.pt"]  # 2 epochs of 1024 / 64
+    result = namespace["train"](namespace["RegressionConfig"](resume="runs/regression",
+                                                              epochs=3))
+    assert result["step"] == 48
