@@ -86,14 +86,6 @@ class SmallConvEncoder(Backbone):
         self.feature_info = feature_info
         self.name = "conv"
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
 
 class ConvDecoder(nn.Module):
     """Latent ``(N, D)`` -> logits ``(N, C, H, W)``: a linear layer to a ``(w0, s, s)`` map,

@@ -28,6 +28,35 @@ def register_model(name: str | None = None, *, description: str | None = None):
     return MODELS.register(name, description=description)
 
 
+def register_variant(name: str, build_model, build_backbone, *, model_doc: str,
+                     backbone_doc: str):
+    """Define and register the public pair of a torchvision-style variant: the classifier
+    ``name`` (``create_model(name)``, keyword-only ``weights=``) and the trunk
+    ``<name>_backbone`` (``create_backbone(name)``), each with its own name and docstring
+    (the registry shows the docstring's first line). ``build_model(num_classes=, in_channels=,
+    **kw)`` and ``build_backbone(in_channels=, **kw)`` construct the networks."""
+
+    def model(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs):
+        net = build_model(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        net.name = name
+        if weights is not None:
+            from rlgen.vision.backbones.weights import load_weights
+
+            load_weights(net, weights)
+        return net
+
+    def backbone(in_channels: int = 3, **kwargs):
+        net = build_backbone(in_channels=in_channels, **kwargs)
+        net.name = name
+        return net
+
+    model.__name__ = model.__qualname__ = name
+    model.__doc__ = model_doc
+    backbone.__name__ = backbone.__qualname__ = f"{name}_backbone"
+    backbone.__doc__ = backbone_doc
+    return register_model(name)(model), register_backbone(name)(backbone)
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -76,6 +105,7 @@ __all__ = [
     "create_model",
     "register_backbone",
     "register_model",
+    "register_variant",
     "BACKBONES",
     "MODELS",
 ]

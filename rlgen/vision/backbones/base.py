@@ -75,7 +75,19 @@ class Backbone(nn.Module):
             )
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Every stage's output, in order. The default runs ``self.stages`` (an
+        ``nn.ModuleList``, one module per ``feature_info`` entry) one after the other; a
+        backbone built another way overrides this."""
+        stages = getattr(self, "stages", None)
+        if stages is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must define self.stages or override forward_stages")
+        self.check_input(x)
+        outs = []
+        for stage in stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1]

@@ -7,7 +7,6 @@ discriminator from it.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from rlgen.vision.backbones import register_backbone
@@ -60,14 +59,6 @@ class DCGANDiscriminatorTrunk(Backbone):
         # A 4x4 / stride 2 / pad 1 conv maps a side h to h // 2: each stage needs h >= 2.
         self.min_input_size = (2**num_stages, 2**num_stages)
         dcgan_init(self)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
 
 
 @register_backbone(DEFAULT_DISCRIMINATOR)

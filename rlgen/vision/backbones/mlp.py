@@ -9,7 +9,6 @@ observation size; ``input_ndim = 2``; one stage per hidden layer, each with redu
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from rlgen.vision.backbones import register_backbone
@@ -54,14 +53,6 @@ class MLP(Backbone):
         for h in hidden_sizes:
             self.stages.append(nn.Sequential(nn.Linear(n, h), _ACTIVATIONS[activation]()))
             n = h
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
 
 
 @register_backbone("mlp")

@@ -27,7 +27,6 @@ Weights keep PyTorch's default initialization except in ``mnist_deep`` (He et al
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from rlgen.vision.backbones import register_backbone, register_model
@@ -70,14 +69,6 @@ class NielsenConvNet(Backbone):
         # one layer: H - 4 >= 2 -> 6; two layers: (H - 4) // 2 - 4 >= 2 -> 16.
         self.min_input_size = (6, 6) if num_layers == 1 else (16, 16)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
 
 class MnistDeep(Backbone):
     """VGG-style: two blocks of two 3x3 'same' convolutions + ReLU, then a 2x2 max pool;
@@ -103,14 +94,6 @@ class MnistDeep(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
 
 
 def _named(backbone: Backbone, name: str) -> Backbone:

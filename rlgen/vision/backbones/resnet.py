@@ -17,15 +17,14 @@ Only the first conv depends on ``in_channels`` (1 for MNIST, 4 for Atari frame s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from rlgen.vision.backbones import register_backbone, register_model
+from rlgen.vision.backbones import register_variant
 from rlgen.vision.backbones.base import Backbone, FeatureInfo
-from rlgen.vision.backbones.weights import load_weights
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -254,32 +253,12 @@ _VARIANTS: dict[str, _Variant] = {
 }
 
 
-def _register_variant(
-    name: str,
-) -> tuple[Callable[..., ResNet], Callable[..., ResNetBackbone]]:
-    """Define and register the two public builders of ``_VARIANTS[name]``: the classifier
-    ``<name>`` (``create_model(name)``) and the trunk ``<name>_backbone``
-    (``create_backbone(name)``), each with its own name and docstring from the table."""
+def _register_variant(name: str):
     block, layers, backbone_doc, model_doc = _VARIANTS[name]
-
-    def model(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> ResNet:
-        net = ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, **kwargs)
-        net.name = name
-        if weights is not None:
-            load_weights(net, weights)
-        return net
-
-    def backbone(in_channels: int = 3, **kwargs) -> ResNetBackbone:
-        net = ResNetBackbone(block, layers, in_channels=in_channels, **kwargs)
-        net.name = name
-        return net
-
-    # Name and document them before registering: the registry reads the docstring.
-    model.__name__ = model.__qualname__ = name
-    model.__doc__ = model_doc
-    backbone.__name__ = backbone.__qualname__ = f"{name}_backbone"
-    backbone.__doc__ = backbone_doc
-    return register_model(name)(model), register_backbone(name)(backbone)
+    return register_variant(
+        name, functools.partial(ResNet, block, layers),
+        functools.partial(ResNetBackbone, block, layers),
+        model_doc=model_doc, backbone_doc=backbone_doc)
 
 
 # One public builder pair per variant, as torchvision has. A new variant needs its row in

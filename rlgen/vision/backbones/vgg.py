@@ -12,15 +12,14 @@ average pool and the three-layer classifier, with torchvision's parameter names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from rlgen.vision.backbones import register_backbone, register_model
+from rlgen.vision.backbones import register_variant
 from rlgen.vision.backbones.base import Backbone, FeatureInfo, SequentialHeadMixin
-from rlgen.vision.backbones.weights import load_weights
 
 Cfg = list[int | str]
 
@@ -201,30 +200,12 @@ def _init_linear(m: nn.Linear) -> None:
     nn.init.zeros_(m.bias)
 
 
-def _register_variant(name: str) -> tuple[Callable[..., VGG], Callable[..., VGGBackbone]]:
-    """Define and register the two public builders of ``VARIANTS[name]``: the classifier
-    ``<name>`` (``create_model(name)``) and the trunk ``<name>_backbone``
-    (``create_backbone(name)``), each with its own name and docstring from the table."""
+def _register_variant(name: str):
     cfg, batch_norm, backbone_doc, model_doc = VARIANTS[name]
-
-    def model(num_classes: int = 1000, in_channels: int = 3, *, weights=None, **kwargs) -> VGG:
-        net = VGG(CFGS[cfg], batch_norm, num_classes=num_classes, in_channels=in_channels, **kwargs)
-        net.name = name
-        if weights is not None:
-            load_weights(net, weights)
-        return net
-
-    def backbone(in_channels: int = 3, **kwargs) -> VGGBackbone:
-        net = VGGBackbone(CFGS[cfg], batch_norm, in_channels=in_channels, **kwargs)
-        net.name = name
-        return net
-
-    # Name and document them before registering: the registry reads the docstring.
-    model.__name__ = model.__qualname__ = name
-    model.__doc__ = model_doc
-    backbone.__name__ = backbone.__qualname__ = f"{name}_backbone"
-    backbone.__doc__ = backbone_doc
-    return register_model(name)(model), register_backbone(name)(backbone)
+    return register_variant(
+        name, functools.partial(VGG, CFGS[cfg], batch_norm),
+        functools.partial(VGGBackbone, CFGS[cfg], batch_norm),
+        model_doc=model_doc, backbone_doc=backbone_doc)
 
 
 # One public builder pair per variant, as torchvision has. A new variant needs its row in
