@@ -93,10 +93,6 @@ def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.spec(env_id)
 
 
-def is_atari_id(env_id: str) -> bool:
-    return resolve_spec(env_id).entry_point == _ATARI_ENTRY_POINT
-
-
 # --------------------------------------------------------------------------- Atari wrappers
 
 
