@@ -145,10 +145,14 @@ class LoaderBatches(_Batches):
 
     def batches(self, start_step: int = 0) -> Iterator[Batch]:
         step = start_step
-        for _, indices, _ in self.order.epochs(start_step):
+        for epoch, indices, _ in self.order.epochs(start_step):
+            # Its own generator: iterating a DataLoader draws a base seed (for the workers'
+            # seeds) from the generator it is given, else from the global RNG, which would
+            # shift every later random draw of the run (noise, latents) and break exact resume.
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=indices.tolist(), num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.order.seed * 1_000_003 + epoch),
             )
             for item in loader:
                 x, y = (item[0], item[1]) if isinstance(item, list | tuple) else (item, None)

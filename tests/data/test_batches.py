@@ -105,3 +105,14 @@ def test_transforms_run_on_each_batch_with_a_generator_seeded_by_step():
     for a, b in zip(first[3:], resumed):
         assert torch.equal(a, b)  # the same augmentation after a resume
     assert len(set(seen[:6])) == 6  # a different draw at every step
+
+
+def test_the_dataloader_path_leaves_the_global_rng_alone():
+    """A DataLoader draws its workers' base seed from the global RNG unless given a generator;
+    that would shift every later draw of a run (noise, latents) and break exact resume."""
+    dataset = ImageDataset(_images(40), torch.zeros(40, dtype=torch.long))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _take(LoaderBatches(dataset, 8, seed=1).batches(3), 6)  # crosses into a new epoch
+    assert torch.equal(torch.rand(3), expected)
