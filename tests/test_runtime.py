@@ -18,7 +18,9 @@ from rlgen.runtime import (
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert resolve_device("auto").type == expected  # the best device present, CUDA first
     with pytest.raises(ValueError, match="--device"):
         resolve_device("tpu")
     if not torch.cuda.is_available():

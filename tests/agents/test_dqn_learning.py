@@ -38,6 +38,12 @@ def _stop_at(monkeypatch, step: int) -> None:
 
 
 # -- learning ----------------------------------------------------------------------------------
+def random_policy(env_id: str, episodes: int, seed: int) -> dict:
+    """The trivial baseline: uniformly random actions (epsilon 1: the Q-network is never
+    asked) on the same evaluation episodes, seeded, so it does not depend on test order."""
+    return run_episodes(torch.nn.Identity(), env_id, episodes=episodes, epsilon=1.0, seed=seed)
+
+
 # Offline check of this budget (eval mean over 20 episodes, epsilon 0.05) for seeds 1, 2, 3:
 # 500.0, 222.0, 349.4; the test uses seed 1.
 CARTPOLE = dict(env_id="CartPole-v1", total_timesteps=12_000, learning_rate=1e-3,
@@ -48,14 +54,19 @@ CARTPOLE = dict(env_id="CartPole-v1", total_timesteps=12_000, learning_rate=1e-3
 
 def test_cartpole_mlp_solves_the_task(tmp_path):
     metrics = train(DQNConfig(**CARTPOLE, run_dir=str(tmp_path / "cartpole"), **CPU))
+    # the episodes the run evaluated on (seeds seed + 10,000 + k), played at random
+    baseline = random_policy("CartPole-v1", 20, CARTPOLE["seed"] + 10_000)
     print(f"CartPole-v1 DQN (mlp), {CARTPOLE['total_timesteps']} steps, seed 1: eval mean "
-          f"{metrics['eval_mean']:.1f} over 20 episodes (min {metrics['eval_min']:.0f})")
+          f"{metrics['eval_mean']:.1f} over 20 episodes (min {metrics['eval_min']:.0f}), "
+          f"random policy {baseline['mean']:.1f}")
     assert metrics["global_step"] == CARTPOLE["total_timesteps"]
-    assert metrics["eval_mean"] >= 195.0
+    # Random play: 22.6 (sd 12, so a standard error of 2.7 over 20 episodes). The bar is Gym's
+    # "solved" return, 195 (of 500): more than 8x random play, and 150 above it at least.
+    assert metrics["eval_mean"] >= max(195.0, baseline["mean"] + 150), (metrics, baseline)
 
 
-# Offline check (greedy score over 40 games, optimum 1.0, random about -0.6) for seeds 1, 2, 3:
-# 0.85, 0.90, 1.00; the test uses seed 2.
+# Offline check (greedy score over 40 games, optimum 1.0) for seeds 1, 2, 3: 0.85, 0.90,
+# 1.00; the test uses seed 2.
 def test_catch_pixels_nature_cnn_beats_random(tmp_path):
     config = DQNConfig(env_id=CATCH_ID, backbone="nature_cnn", total_timesteps=3_000,
                        learning_rate=5e-4, buffer_size=5_000, target_network_frequency=100,
@@ -68,21 +79,14 @@ def test_catch_pixels_nature_cnn_beats_random(tmp_path):
     q_network, _ = load_q_network(metrics["checkpoint"])
     assert q_network.backbone.name == "nature_cnn" and q_network.obs_shape == (4, 84, 84)
     trained = run_episodes(q_network, CATCH_ID, episodes=40, epsilon=0.0, seed=100)
-    rng = np.random.default_rng(0)
-    random_policy = run_episodes(_RandomQ(3, rng), CATCH_ID, episodes=40, epsilon=0.0, seed=100)
+    baseline = random_policy(CATCH_ID, 40, 100)  # the same 40 games
     print(f"catch (84x84 frames, nature_cnn), 3000 steps: trained {trained['mean']:.2f}, "
-          f"random {random_policy['mean']:.2f} (optimum 1.0)")
+          f"random {baseline['mean']:.2f} (optimum 1.0)")
+    # Random play: -0.65 (a catch in about 1 game of 5; standard error 0.12 over 40 games).
+    # Winning by 1.0 is half the score range [-1, 1], 8 standard errors; 0.5 means catching
+    # at least 3 balls in 4.
     assert trained["mean"] >= 0.5
-    assert trained["mean"] >= random_policy["mean"] + 1.0
-
-
-class _RandomQ(torch.nn.Module):
-    def __init__(self, n_actions: int, rng: np.random.Generator):
-        super().__init__()
-        self.n_actions, self.rng = n_actions, rng
-
-    def forward(self, obs):
-        return torch.from_numpy(self.rng.random((obs.shape[0], self.n_actions)))
+    assert trained["mean"] >= baseline["mean"] + 1.0, (trained, baseline)
 
 
 # -- Atari: logging, checkpoints, evaluation, resume -------------------------------------------
@@ -118,9 +122,9 @@ def test_atari_run_logs_cleanrl_tags_and_checkpoints(atari_run):
     assert metrics["num_updates"] == (1_200 - 800) // 4
     # the learning phase's time split (benchmarks/dqn_atari.py prints it)
     parts = [metrics[f"time_fraction_{k}"] for k in ("env", "act", "sample", "wait", "update")]
-    assert all(0.0 < p < 1.0 for p in parts[:3] + parts[4:]) and sum(parts) <= 1.0
+    assert all(0.0 < p < 1.0 for p in parts[:3] + parts[4:])
+    assert sum(parts) <= 1.0  # the timed phases do not overlap ("other" = 1 - their sum)
     assert parts[3] == 0.0  # one torch thread: no target Q-values computed beside acting
-    assert metrics["time_fraction_other"] == pytest.approx(1.0 - sum(parts))
     tags = _event_tags(run_dir)
     for tag in ("charts/episodic_return", "charts/episodic_length", "charts/SPS",
                 "charts/epsilon", "losses/td_loss", "losses/q_values"):
@@ -156,11 +160,16 @@ def test_atari_resume_continues_the_run(atari_run):
 def test_evaluate_cli_prints_one_line_and_writes_gif(atari_run, tmp_path, capsys):
     run_dir, _ = atari_run
     video = tmp_path / "best.gif"
+    # epsilon 0.5: half the actions random, so the barely trained agent scores a point or two
+    # (returns 0 and 2 here; at epsilon 0.05 both games score 0, and any summary passes)
     result = evaluate(DQNEvalConfig(checkpoint=str(run_dir), episodes=2, device="cpu",
-                                    max_episode_frames=400, video=str(video), seed=3))
+                                    epsilon=0.5, max_episode_frames=400, video=str(video), seed=3))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("eval dqn ALE/Breakout-v5") and "mean" in line and "max" in line
-    assert len(result["returns"]) == 2 and result["min"] <= result["mean"] <= result["max"]
+    returns = result["returns"]
+    assert len(returns) == 2 and len(result["lengths"]) == 2
+    for name, value in (("mean", np.mean(returns)), ("min", min(returns)), ("max", max(returns))):
+        assert f"{name} {value:.2f}" in line, (name, returns, line)  # the games played
     from PIL import Image
 
     with Image.open(video) as gif:
@@ -227,7 +236,8 @@ def test_options_double_dueling_prioritized_nstep_bf16_soft_target(tmp_path):
                        **CPU)
     metrics = train(config)
     assert metrics["num_updates"] == (300 - 100) // 2
-    assert np.isfinite(metrics["eval_mean"])
+    # CartPole pays 1 per step: the evaluation's returns are its episode lengths
+    assert metrics["eval_mean"] == pytest.approx(np.mean(metrics["eval_lengths"]))
     state = load_checkpoint(tmp_path / "opts")
     assert state["state"]["precision"]["precision"] == "bf16-mixed"
     assert any(k.startswith("advantage.") for k in state["state"]["q_network"])  # dueling

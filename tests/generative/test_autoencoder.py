@@ -28,8 +28,11 @@ def _one_thread():
         yield
 
 
-# Mean-image baseline on the mnist-subset held-out split: per-pixel MSE 0.0675.
-MSE_THRESHOLD = 0.045
+# A trained autoencoder must reconstruct with at most this fraction of the per-pixel MSE of the
+# strongest trivial baseline, the training split's mean image (which ignores the input).
+# Measured: mean image 0.0675, the trained fixture 0.0362 (0.54x) on the 500 held-out images;
+# 2/3 asks for a third of the baseline's error removed, and leaves the model room below it.
+MSE_RATIO = 2 / 3
 
 TINY = dict(dataset="mnist-subset", device="cpu", width=8, latent_dim=16, batch_size=64,
             learning_rate=5e-3, log_every=20, sample_every=0, checkpoint_every=0,
@@ -43,6 +46,22 @@ def read_metrics(run_dir) -> list[dict]:
 
 def tiny(**overrides) -> AutoencoderConfig:
     return AutoencoderConfig(**{**TINY, **overrides})
+
+
+def held_out_images(n: int) -> torch.Tensor:
+    """The first ``n`` held-out mnist-subset digits, float in [0, 1] (what runs evaluate on)."""
+    from rlgen.data import load_dataset
+
+    return load_dataset("mnist-subset", train=False).images[:n].float() / 255
+
+
+def mean_image_mse(x: torch.Tensor) -> float:
+    """Per-pixel MSE of images ``x`` against the training split's mean image: a "decoder"
+    that ignores its input."""
+    from rlgen.data import load_dataset
+
+    mean = load_dataset("mnist-subset", train=True).images.float().div(255).mean(0)
+    return (x - mean).square().mean().item()
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
@@ -95,8 +114,9 @@ def trained(tmp_path_factory):
     return train(tiny(max_steps=150, sample_every=75, run_dir=str(run_dir)), progress=False)
 
 
-def test_held_out_reconstruction_error_falls_below_threshold(trained):
-    assert trained["eval/mse"] < MSE_THRESHOLD
+def test_held_out_reconstruction_error_beats_the_mean_image(trained):
+    baseline = mean_image_mse(held_out_images(500))  # the run's eval_images=500
+    assert trained["eval/mse"] < MSE_RATIO * baseline, (trained["eval/mse"], baseline)
     logged = read_metrics(trained["run_dir"])
     mse = [m["value"] for m in logged if m["tag"] == "train/mse"]
     assert mse[-1] < 0.75 * mse[0]
@@ -119,17 +139,21 @@ def test_load_round_trip_keeps_the_fitted_gaussian(trained):
     assert samples.std(0).mean() > 0.02
 
 
-def test_denoising_autoencoder_learns(tmp_path):
-    result = train(tiny(noise="masking", noise_level=0.3, max_steps=60, eval_images=200,
+def test_denoising_autoencoder_beats_copying_its_input(tmp_path):
+    result = train(tiny(noise="masking", noise_level=0.3, max_steps=300, eval_images=0,
                         run_dir=str(tmp_path / "dae")), progress=False)
     model = rlgen.generative.load(result["checkpoint"])
-    from rlgen.data import load_dataset
-
-    x = load_dataset("mnist-subset", train=False).images[:200].float() / 255
-    noisy = evaluate_model(model, x, noise="masking", noise_level=0.3)["eval/mse"]
-    torch.manual_seed(0)
-    untrained = evaluate_model(ConvAutoencoder((1, 28, 28), 16, width=8), x, "masking", 0.3)
-    assert noisy < 0.8 * untrained["eval/mse"]
+    x = held_out_images(200)
+    denoised = evaluate_model(model, x, noise="masking", noise_level=0.3)["eval/mse"]
+    # Two trivial denoisers: the training mean image (ignores the input), and returning the
+    # corrupted input as it is; the same masks as evaluate_model's (seed 0, one chunk).
+    masked = corrupt(x, "masking", 0.3, generator=torch.Generator().manual_seed(0))
+    copy = (masked - x).square().mean().item()
+    baseline = min(copy, mean_image_mse(x))
+    # Measured: copy 0.0338, mean image 0.0678; the DAE 0.0271 after 300 steps (0.80x; it is
+    # 0.053, worse than copying, after 60 steps and 0.0335 after 200). 0.9x asks for a tenth
+    # of the better baseline's error removed.
+    assert denoised < 0.9 * baseline, (denoised, copy, mean_image_mse(x))
 
 
 def test_mixed_precision_fp16_losses_are_finite(tmp_path):
@@ -155,7 +179,9 @@ def test_cli_eval_and_sample(trained, tmp_path, capsys):
     assert main(["eval", "autoencoder", "--checkpoint", trained["run_dir"], "--num-images",
                  "100", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["images"] == 100 and 0 < out["mse_per_pixel"] < MSE_THRESHOLD
+    assert out["images"] == 100
+    baseline = mean_image_mse(held_out_images(100))  # 0.0677 on these 100 digits
+    assert out["mse_per_pixel"] < MSE_RATIO * baseline, (out, baseline)
     grid = tmp_path / "grid.png"
     assert main(["sample", "autoencoder", "--checkpoint", trained["checkpoint"], "--num", "16",
                  "--out", str(grid), "--device", "cpu"]) == 0

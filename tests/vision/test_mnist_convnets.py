@@ -172,4 +172,10 @@ def test_mnist_conv2_relu_learns_real_digits():
     model.eval()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    assert accuracy >= 0.90, f"held-out accuracy {accuracy:.3f}"
+    # The strongest trivial classifier, the nearest class-mean training image, scores 0.808
+    # (the most frequent class 0.10); the network 0.945. A 0.09 margin (a bar of 0.898, the
+    # former fixed 0.90) is over 7 standard errors of an accuracy on 1,000 digits.
+    means = torch.stack([x_train[y_train == c].flatten(1).mean(0) for c in range(10)])
+    nearest_mean = torch.cdist(x_test.flatten(1), means).argmin(1)
+    baseline = (nearest_mean == y_test).float().mean().item()
+    assert accuracy >= baseline + 0.09, f"held-out accuracy {accuracy:.3f}, baseline {baseline:.3f}"
