@@ -173,6 +173,16 @@ class CheckpointManager:
                 old.unlink(missing_ok=True)
         return path
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes that never finished (``.<name>.<random>.tmp``
+        from ``atomic_write``: a process killed mid-save); returns what was removed."""
+        if not self.directory.is_dir():
+            return []
+        stale = [p for p in self.directory.glob(".*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def latest(self) -> Path | None:
         found = self.checkpoints()
         return found[-1] if found else None

@@ -50,6 +50,24 @@ def _hparam_value(v: Any) -> Any:
     return str(v)
 
 
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep the ``metrics.jsonl`` records up to ``step``: a resumed run rewrites what the run
+    it resumes logged after its checkpoint (as TensorBoard's ``purge_step`` does for events)."""
+    if not path.is_file():
+        return
+    from rlgen.checkpoint import atomic_write
+
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a killed process
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+
 def _duration(seconds: float) -> str:
     """``95`` -> ``1m35s``; ``4000`` -> ``1h06m``."""
     seconds = int(round(seconds))
@@ -91,6 +109,8 @@ class RunLogger:
         # TensorBoard does not show two curves over the same steps.
         self.writer = SummaryWriter(log_dir=str(self.run_dir),
                                     purge_step=initial_step if initial_step > 0 else None)
+        if initial_step > 0:
+            _drop_records_after(self.run_dir / "metrics.jsonl", initial_step)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a", buffering=1)
         self._last_step = initial_step
         self._bar = None

@@ -153,13 +153,15 @@ def resume_config(config: Any, saved: Mapping[str, Any]) -> Any:
     """The saved config with the fields ``config`` sets to non-default values laid over it.
 
     A field listed in the class's ``fixed_on_resume`` may not change (it defines what was
-    learned); ``resume`` is this call's. Setting a field back to its default on resume is not
-    seen (it looks like "not given"): give the saved run's value or start a new run.
+    learned); ``resume`` is this call's, and ``run_dir`` too (a run moved or copied elsewhere
+    keeps writing where it is resumed from, unless ``--run-dir`` is given now). Setting a field
+    back to its default on resume is not seen (it looks like "not given"): give the saved run's
+    value or start a new run.
     """
     cls = type(config)
     defaults = cls()
     fixed = getattr(cls, "fixed_on_resume", ())
-    merged = dict(saved)
+    merged = {k: v for k, v in saved.items() if k != "run_dir"}
     for f in dataclasses.fields(cls):
         value = getattr(config, f.name)
         if f.name == "resume" or value == getattr(defaults, f.name):
@@ -341,6 +343,7 @@ class TrainingRun:
         if self.is_main:
             self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                                  keep_last=self.keep_checkpoints)
+            self.checkpoints.remove_partial_writes()  # left by a process killed mid-save
             self.logger = RunLogger(
                 self.run_dir, task=self.task, name=self._name(), seed=self.config.seed,
                 config=self.config, total_steps=self.total_steps,
@@ -380,7 +383,10 @@ class TrainingRun:
                     f"differs from this run's {value}; use the same model options"
                 )
         for key, obj in self.state.items():
-            obj.load_state_dict(saved["state"][key])
+            if isinstance(obj, torch.optim.Optimizer):
+                _load_keeping_hyperparameters(obj, saved["state"][key])
+            else:
+                obj.load_state_dict(saved["state"][key])
         set_rng_state(saved["rng"], self.device)
         self.start_step = int(saved["step"])
 
@@ -518,6 +524,9 @@ class TrainingRun:
             "rng": rng_state(self.device), "world_size": self.world_size,
         }
         self.last_checkpoint = self.checkpoints.save(state, step)
+        for obj in self.state.values():  # files beside the checkpoint may now be pruned
+            if hasattr(obj, "checkpoint_saved"):
+                obj.checkpoint_saved(self.last_checkpoint)
         return self.last_checkpoint
 
     def save_final(self, step: int) -> None:
@@ -542,6 +551,17 @@ class TrainingRun:
                               f"{', ' + figures if figures else ''}; checkpoint {last}; "
                               f"`tensorboard --logdir {self.run_dir.parent}`")
         return {**metrics, "step": step, "run_dir": str(self.run_dir), "checkpoint": last}
+
+
+def _load_keeping_hyperparameters(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore an optimizer's state (moments, step counts) but keep the hyperparameters it was
+    built with from the config (learning rate, betas, ...), so a flag given with --resume, like
+    a new --learning-rate, takes effect instead of being overwritten by the saved value."""
+    built = [{k: v for k, v in group.items() if k != "params"}
+             for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, hyperparameters in zip(optimizer.param_groups, built):
+        group.update(hyperparameters)
 
 
 def _first(value: Any, default: Any) -> Any:

@@ -230,3 +230,38 @@ def test_a_one_process_trainer_refuses_torchrun(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="dqn trains in one process"), \
             TrainingRun("dqn", toy(tmp_path), distributed=False):
         pass
+
+
+def test_a_learning_rate_given_with_resume_takes_effect(tmp_path):
+    """The optimizer's moments come back from the checkpoint, its hyperparameters from the
+    config: a new --learning-rate on resume is used, not overwritten by the saved one."""
+    part = toy_train(toy(tmp_path, epochs=1, learning_rate=0.05))
+    resumed = toy_train(ToyConfig(resume=part["run_dir"], epochs=2, learning_rate=0.01))
+    optimizer = load_checkpoint(resumed["checkpoint"])["state"]["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == 0.01
+    kept = toy_train(ToyConfig(resume=part["checkpoint"], epochs=3,
+                               run_dir=str(tmp_path / "kept")))  # saved with lr 0.05
+    assert load_checkpoint(kept["checkpoint"])["state"]["optimizer"]["param_groups"][0]["lr"] \
+        == 0.05
+
+
+def test_resume_rewrites_what_the_stopped_run_logged_after_its_checkpoint(tmp_path):
+    """metrics.jsonl keeps one timeline, as TensorBoard does with purge_step: records a
+    stopped run wrote after its last checkpoint are dropped when it is resumed from there."""
+    toy_train(toy(tmp_path, epochs=2, checkpoint_every=4, log_every=1))
+    for checkpoint in sorted((tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))[-1:]:
+        checkpoint.unlink()  # as if the run had died after step 4's checkpoint
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 9, "tag": "train/loss", "va')  # and mid-write
+    toy_train(ToyConfig(resume=str(tmp_path / "run"), epochs=2))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()
+             if '"train/loss"' in line]
+    assert steps == list(range(1, 9))  # 1..4 from the first run, 5..8 once, from the resume
+
+
+def test_a_moved_run_resumes_where_it_is_now(tmp_path):
+    first = toy_train(toy(tmp_path, epochs=1, run_dir=str(tmp_path / "cluster")))
+    (tmp_path / "cluster").rename(tmp_path / "laptop")
+    resumed = toy_train(ToyConfig(resume=str(tmp_path / "laptop"), epochs=2))
+    assert Path(resumed["run_dir"]) == tmp_path / "laptop" and first["step"] == 4
+    assert not (tmp_path / "cluster").exists()

@@ -21,8 +21,10 @@ import json
 import math
 import pickle
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -263,42 +265,53 @@ def _pickle_envs(envs: Any) -> torch.Tensor:
 
 class ReplayFile:
     """The replay beside each checkpoint (``--save-replay``): ``replay_{step}.npz``, written
-    compactly (each frame once); only the newest is kept."""
+    compactly (each frame once) before the checkpoint that names it. Older replay files are
+    deleted only once that checkpoint is safely on disk, so a crash or a full disk mid-save
+    leaves the previous checkpoint resumable with its replay; older checkpoints resume with an
+    empty replay (see ``load_state_dict``)."""
 
     def __init__(self, replay: Any, run: Any, loop: LoopState, enabled: bool):
         self.replay, self.run, self.loop, self.enabled = replay, run, loop, enabled
         self.restored = False
+        self._written: str | None = None
 
     def state_dict(self) -> dict[str, Any]:
         if not self.enabled:
             return {"file": None}
-        directory = self.run.checkpoints.directory
-        name = f"replay_{self.loop.global_step:09d}.npz"
-        self.replay.save(directory / name)
-        for old in directory.glob("replay_*.npz"):
-            if old.name != name:
+        self._written = f"replay_{self.loop.global_step:09d}.npz"
+        self.replay.save(self.run.checkpoints.directory / self._written)
+        return {"file": self._written}
+
+    def checkpoint_saved(self, path: Path) -> None:
+        """Called by the run once the checkpoint naming the new replay is written."""
+        if self._written is None:
+            return
+        for old in path.parent.glob("replay_*.npz"):
+            if old.name != self._written:
                 old.unlink(missing_ok=True)
-        return {"file": name}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load the saved replay; a checkpoint saved without one restarts the warm-up."""
+        """Load the saved replay. A checkpoint without one (not saved, an older checkpoint
+        whose replay was replaced, a file deleted) resumes with an empty replay, and the
+        warm-up of ``--learning-starts`` steps runs again; a corrupt file stops the resume."""
         from rlgen.checkpoint import CheckpointError
 
         if not state.get("file"):
             return
         path = self.run.resume_path.parent / state["file"]
         if not path.is_file():
-            raise CheckpointError(
-                f"--resume {self.run.resume_path}: its replay file {path} is missing; put it "
-                f"back, or resume from a checkpoint saved without --save-replay")
+            warnings.warn(f"--resume {self.run.resume_path}: its replay file {path} is not "
+                          f"there; resuming with an empty replay (the warm-up of "
+                          f"--learning-starts steps runs again)", RuntimeWarning, stacklevel=2)
+            return
         try:
             self.replay.load(path)
-        except Exception as exc:  # truncated / corrupt npz, foreign file, other capacity
+        except ValueError as exc:  # truncated / corrupt npz, foreign file, other capacity
             raise CheckpointError(
                 f"--resume {self.run.resume_path}: cannot read its replay file {path} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"delete the file to resume with an empty replay (the warm-up of "
-                f"--learning-starts steps then runs again)") from exc
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); delete "
+                f"the file to resume with an empty replay (the warm-up of --learning-starts "
+                f"steps then runs again)") from exc
         self.restored = True
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,19 +432,9 @@ class ReplayBuffer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes ``state_dict()`` to ``path`` (.npz) atomically: temp file, fsync, rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.state_dict())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from rlgen.checkpoint import atomic_write
+
+        return atomic_write(path, lambda f: np.savez(f, **self.state_dict()))
 
     def load(self, path: str | os.PathLike) -> None:
         """Restores a buffer written by :meth:`save` into this (identically built) buffer."""
@@ -454,7 +444,7 @@ class ReplayBuffer:
         try:
             with np.load(path, allow_pickle=False) as data:
                 state = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is not a replay buffer saved by ReplayBuffer.save: {exc}"
                              ) from exc
         missing = {"config", "frames", "count"} - set(state)
