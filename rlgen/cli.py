@@ -1,4 +1,5 @@
-"""The ``rlgen`` command: ``train | eval | sample | list``, generated from config dataclasses.
+"""The ``rlgen`` command: ``train | eval | sample | predict | list`` and tools (``rlgen style``),
+generated from config dataclasses.
 
 Each trainer registers a ``TrainerSpec`` (see ``cli_spec.py``); the flags of
 ``rlgen train NAME`` come from the fields of its config dataclass, their help from the
@@ -210,12 +211,36 @@ def _run_spec(command: str, name: str, argv: list[str]) -> Any:
     if command == "train":
         config_cls, fn = spec.config, spec.train
     else:
-        pair = spec.evaluate if command == "eval" else spec.sample
+        pair = {"eval": spec.evaluate, "sample": spec.sample, "predict": spec.predict}[command]
         if pair is None:
             raise UsageError(f"{prog}: {name} has no `{command}` command")
         config_cls, fn = pair
     config = parse_config(config_cls, argv, prog)
     return fn(config)
+
+
+TRAINER_COMMANDS = ("train", "eval", "sample", "predict")
+
+
+def _tool_name(argv: list[str]) -> str | None:
+    """The command word when it is not a built-in command (``rlgen style ...``), else None."""
+    for arg in argv:
+        if arg == "--debug":
+            continue
+        if arg.startswith("-"):
+            return None
+        return None if arg in (*TRAINER_COMMANDS, "list") else arg
+    return None
+
+
+def _run_tool(name: str, argv: list[str]) -> Any:
+    from rlgen.registry import TOOLS
+
+    if name not in TOOLS:
+        commands = ", ".join([*TRAINER_COMMANDS, "list", *TOOLS.names()])
+        raise UsageError(f"rlgen: unknown command {name!r}; choose from {commands}")
+    spec = TOOLS.create(name)
+    return spec.run(parse_config(spec.config, argv, f"rlgen {name}"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,16 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"re-raise every error with its full traceback, input errors included "
              f"(same as {DEBUG_ENV}=1); goes before the command",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,list}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{train,eval,sample,predict,list,TOOL}")
     for command, help_text in (
         ("train", "train a model or agent: rlgen train NAME --help"),
         ("eval", "evaluate a checkpoint: rlgen eval NAME --checkpoint PATH"),
         ("sample", "sample from a generative checkpoint: rlgen sample NAME --checkpoint PATH"),
+        ("predict", "run a checkpoint on your inputs: rlgen predict NAME --checkpoint PATH"),
     ):
         p = sub.add_parser(command, help=help_text, add_help=False)
         p.add_argument("name", nargs="?", help="what to run (see `rlgen list trainers`)")
         p.add_argument("-h", "--help", action="store_true")
-    p = sub.add_parser("list", help="list registered backbones, models, agents, datasets, trainers")
+    p = sub.add_parser("list", help="list registered backbones, models, agents, datasets, "
+                                    "trainers, tools (TOOL: rlgen TOOL --help, e.g. style)")
     p.add_argument("kind", nargs="?", choices=list(REGISTRIES))
     return parser
 
@@ -302,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = _debug_requested(argv)
     parser = build_parser()
     try:
+        tool = _tool_name(argv)
+        if tool is not None:
+            _run_tool(tool, argv[argv.index(tool) + 1:])
+            return 0
         args, rest = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()

@@ -13,7 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TrainerSpec:
-    """``rlgen train NAME`` runs ``train(config)``; ``eval`` / ``sample`` run the optional pairs.
+    """``rlgen train NAME`` runs ``train(config)``; ``eval`` / ``sample`` / ``predict`` run the
+    optional pairs.
 
     Each config is a dataclass whose fields carry a type, a default and a docstring (a string
     literal on the line after the field) that becomes the flag's help. A class attribute
@@ -24,3 +25,13 @@ class TrainerSpec:
     train: Callable[[Any], Any]
     evaluate: tuple[type, Callable[[Any], Any]] | None = None
     sample: tuple[type, Callable[[Any], Any]] | None = None
+    predict: tuple[type, Callable[[Any], Any]] | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """``rlgen NAME ...`` runs ``run(config)``, for commands that are not a trainer's
+    train / eval / sample / predict (``rlgen style``). Registered in ``rlgen.registry.TOOLS``."""
+
+    config: type
+    run: Callable[[Any], Any]

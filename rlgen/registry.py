@@ -157,4 +157,7 @@ TRAINERS = Registry(
     ),
 )
 
-REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, AGENTS, DATASETS, TRAINERS)}
+# Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
+TOOLS = Registry("tools", builtins=())
+
+REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, AGENTS, DATASETS, TRAINERS, TOOLS)}

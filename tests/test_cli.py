@@ -245,3 +245,33 @@ def test_keyboard_interrupt_exits_130(boom_trainer, no_debug_env, capsys):
 def test_debug_flag_is_in_the_help(capsys):
     assert main(["--help"]) == 0
     assert "--debug" in capsys.readouterr().out
+
+
+def test_a_registered_tool_is_a_command_of_its_own(capsys):
+    """`rlgen NAME ...` runs a ToolSpec from rlgen.registry.TOOLS (rlgen style, ...)."""
+    from dataclasses import dataclass
+
+    from rlgen.cli import main
+    from rlgen.cli_spec import ToolSpec
+    from rlgen.registry import TOOLS
+
+    @dataclass
+    class EchoConfig:
+        word: str = "hi"
+        """what to print"""
+
+    @TOOLS.register("echo_tool")
+    def echo_tool():
+        """Print a word."""
+        return ToolSpec(config=EchoConfig, run=lambda c: print(f"echo {c.word}"))
+
+    try:
+        assert main(["echo_tool", "--word", "ok"]) == 0
+        assert capsys.readouterr().out.strip() == "echo ok"
+        assert main(["echo_tool", "--nope", "1"]) == 2
+        assert "rlgen echo_tool: unrecognized arguments: --nope" in capsys.readouterr().err
+        assert main(["nosuchtool"]) == 2
+        assert "unknown command 'nosuchtool'; choose from train, eval, sample, predict, list, " \
+               "echo_tool" in capsys.readouterr().err
+    finally:
+        TOOLS.unregister("echo_tool")
