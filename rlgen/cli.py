@@ -138,9 +138,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = type(choices[0])
             kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         elif get_origin(tp) is tuple:
+            # `--checkpoint A B` and `--checkpoint A --checkpoint B` both give (A, B); the
+            # dataclass default applies when the flag is absent (see parse_config).
             item = get_args(tp)[0] if get_args(tp) else str
-            kwargs["nargs"] = "+"
-            kwargs["type"] = _converter(item, False, flag)
+            kwargs.update(nargs="+", action="extend", default=None,
+                          type=_converter(item, False, flag))
         elif tp in (int, float, str):
             kwargs["type"] = _converter(tp, optional, flag)
             kwargs["metavar"] = tp.__name__.upper()
@@ -149,15 +151,22 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(*names, **kwargs)
 
 
+def _is_tuple_field(cls: type, name: str) -> bool:
+    tp, _ = _strip_optional(typing.get_type_hints(cls)[name])
+    return get_origin(tp) is tuple
+
+
 def parse_config(cls: type, argv: list[str], prog: str) -> Any:
     doc = inspect.getdoc(cls) or ""
     parser = _Parser(prog=prog, description=doc.splitlines()[0] if doc else None)
     add_dataclass_arguments(parser, cls)
     namespace = parser.parse_args(argv)
     values = vars(namespace)
-    for key, value in values.items():
+    for key, value in list(values.items()):
         if isinstance(value, list):
             values[key] = tuple(value)
+        elif value is None and _is_tuple_field(cls, key):
+            del values[key]  # not given: the dataclass default
     try:
         return cls(**values)
     except ValueError as exc:  # __post_init__ validation of a flag value: input, exit status 2

@@ -529,6 +529,23 @@ class TrainingRun:
                 obj.checkpoint_saved(self.last_checkpoint)
         return self.last_checkpoint
 
+    def save_snapshot(self, name: str, step: int, keys: tuple[str, ...] = ("model",)
+                      ) -> Path | None:
+        """A checkpoint of only the state objects ``keys`` as ``checkpoints/<name>`` (rank 0),
+        outside the keep-last-k rotation: e.g. ``best.pt``, the weights of the best validation
+        epoch. Loaders read it like any checkpoint (same format and ``meta``)."""
+        from rlgen.checkpoint import save_checkpoint
+
+        if not self.is_main:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT, "task": self.task,
+            "config": dataclasses.asdict(self.config), "step": int(step),
+            "meta": dict(self.meta),
+            "state": {key: self.state[key].state_dict() for key in keys},
+        }
+        return save_checkpoint(state, self.checkpoints.directory / name)
+
     def save_final(self, step: int) -> None:
         """The final checkpoint, unless ``step``'s was just written (a periodic checkpoint at
         the last step). After changing state at the end, call ``checkpoint`` instead."""

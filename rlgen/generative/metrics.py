@@ -470,7 +470,8 @@ def train_feature_classifier(
         model=settings.model, dataset=settings.dataset, image_size=settings.image_size,
         epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.lr,
         seed=settings.seed, device=str(device), run_dir=str(run_dir), checkpoint_every=0,
-        keep_checkpoints=1, **({"data_root": str(data_root)} if data_root is not None else {}),
+        keep_checkpoints=1, val_fraction=0.0,  # the whole training split, as before
+        **({"data_root": str(data_root)} if data_root is not None else {}),
     )
     result = train_classifier(config, progress=False)
     checkpoint = load_checkpoint(result["checkpoint"])
@@ -483,8 +484,8 @@ def train_feature_classifier(
         "in_channels": meta["in_channels"],
         "mean": meta["mean"],
         "std": meta["std"],
-        "heldout_accuracy": result["eval/accuracy"],
-        "num_heldout": int(result["eval/num_images"]),
+        "heldout_accuracy": result["test/accuracy"],
+        "num_heldout": int(result["test/num_images"]),
         "run_dir": result["run_dir"],
     }
 

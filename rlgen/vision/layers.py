@@ -157,7 +157,8 @@ class BackboneClassifier(nn.Module):
     the input size the head was built for; another size raises a clear error) or globally
     average-pooled (``global_pool=True``, any input size); ``hidden`` maps that vector to
     ``num_features`` (the pre-logits); ``head_drop`` applies dropout to the pre-logits; ``fc``
-    is the output layer (``nn.Identity`` when ``num_classes == 0``).
+    is the output layer (``nn.Identity`` when ``num_classes == 0``); ``output_drop`` (off by
+    default) applies dropout to its scores.
 
     Attributes: ``backbone``, ``num_classes``, ``num_features``, ``input_size`` ((H, W) the head
     was built for, or ``None`` when any size the backbone takes works).
@@ -173,6 +174,7 @@ class BackboneClassifier(nn.Module):
         flat_features: int | None = None,
         global_pool: bool = False,
         head_dropout: float = 0.0,
+        output_dropout: float = 0.0,
         input_size: tuple[int, int] | None = None,
     ):
         super().__init__()
@@ -186,6 +188,8 @@ class BackboneClassifier(nn.Module):
         self.input_size = input_size
         self.hidden = hidden if hidden is not None else nn.Identity()
         self.head_drop = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
+        # Dropout on the class scores themselves ("Deep Learning from Scratch"'s deep net)
+        self.output_drop = nn.Dropout(output_dropout) if output_dropout > 0 else nn.Identity()
         self.num_features = num_features
         self.num_classes = num_classes
         self.fc = self._make_fc(num_features, num_classes)
@@ -224,7 +228,7 @@ class BackboneClassifier(nn.Module):
         x = self.hidden(self.pool(x))
         if pre_logits:
             return x
-        return self.fc(self.head_drop(x))
+        return self.output_drop(self.fc(self.head_drop(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -14,8 +14,13 @@ name                      architecture                                       Nie
 ``mnist_conv2_relu``      as conv2 with ReLU                                 99.23
 ``mnist_conv2_dropout``   ReLU, two fc1000, dropout 0.5 before each fc       99.60 (expanded
                                                                              data)
+``mnist_fc100``           the ladder's first step: 784-100-10, sigmoid       97.80
 ``mnist_deep``            3x3 convs 32-32-pool-64-64-pool, fc256 + dropout   (not in the book)
                           0.5, ReLU, He initialization
+``deep_convnet``          "Deep Learning from Scratch" ch. 8: 3x3 convs      99.38 (its
+                          16-16-pool-32-32-pool-64-64-pool (the 4th padded   book)
+                          2), fc50 + dropout 0.5, fc10 + dropout 0.5, ReLU,
+                          He initialization
 ========================  ================================================  ==============
 
 Nielsen's conv-pool layer computes ``act(maxpool(conv(x)) + b)``; for a max pool and a
@@ -90,6 +95,44 @@ class MnistDeep(Backbone):
             c = w
         # each block halves the size (floor): at least one unit left after the last pool
         self.min_input_size = (2 ** len(widths), 2 ** len(widths))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+
+class Pixels(Backbone):
+    """No layers: the image itself is the feature map (for the fully connected nets)."""
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.name, self.in_channels = "pixels", in_channels
+        self.feature_info = [FeatureInfo("pixels", in_channels, 1)]
+
+    def forward_stages(self, x):
+        self.check_input(x)
+        return [x]
+
+
+class DeepConvNet(Backbone):
+    """Saito, "Deep Learning from Scratch" (2016), ch. 8 ``deep_convnet``: three blocks of two
+    3x3 convolutions + ReLU and a 2x2 max pool, 16 / 32 / 64 maps; all convolutions are padded
+    1 except the fourth, padded 2 (so 28x28 -> 16x16 before the second pool, 64x4x4 at the end).
+    He initialization."""
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.name, self.in_channels = "deep_convnet", in_channels
+        self.stages, self.feature_info = nn.ModuleList(), []
+        c = in_channels
+        for i, (w, pads) in enumerate([(16, (1, 1)), (32, (1, 2)), (64, (1, 1))]):
+            convs = []
+            for pad in pads:
+                convs += [nn.Conv2d(c, w, 3, padding=pad), nn.ReLU(inplace=True)]
+                c = w
+            self.stages.append(nn.Sequential(*convs, nn.MaxPool2d(2)))
+            self.feature_info.append(FeatureInfo(f"block{i + 1}", w, 2 ** (i + 1)))
+        self.min_input_size = (6, 6)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -209,3 +252,33 @@ def mnist_deep(
     model = _classifier(backbone, num_classes, input_size, (256,), "relu",
                         dropout=dropout, he_init=True)  # fmt: skip
     return model
+
+
+@register_backbone("deep_convnet")
+def deep_convnet_backbone(in_channels: int = 1, **kwargs) -> DeepConvNet:
+    """Deep Learning from Scratch ch. 8 convs: 16-16-pool-32-32-pool-64-64-pool, He init."""
+    return DeepConvNet(in_channels, **kwargs)
+
+
+@register_model("deep_convnet")
+def deep_convnet(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 28, dropout: float = 0.5,
+    **kwargs,
+):  # fmt: skip
+    """Deep Learning from Scratch ch. 8: 3x3 convs 16-16-32-32-64-64, fc50 + dropout, fc10 +
+    dropout (99.38% in the book)."""
+    backbone = deep_convnet_backbone(in_channels, **kwargs)
+    model = _classifier(backbone, num_classes, input_size, (50,), "relu", dropout=dropout,
+                        he_init=True)
+    if dropout:
+        model.output_drop = nn.Dropout(dropout)  # the book drops out the class scores too
+    nn.init.kaiming_normal_(model.fc.weight, nonlinearity="relu")
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
+@register_model("mnist_fc100")
+def mnist_fc100(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, **kwargs):
+    """Nielsen ch. 6's first ladder step: 784-100-10, sigmoid hidden layer (97.80%)."""
+    return _classifier(Pixels(in_channels, **kwargs), num_classes, input_size, (100,),
+                       "sigmoid")
