@@ -254,12 +254,6 @@ def mnist_deep(
     return model
 
 
-@register_backbone("deep_convnet")
-def deep_convnet_backbone(in_channels: int = 1, **kwargs) -> DeepConvNet:
-    """Deep Learning from Scratch ch. 8 convs: 16-16-pool-32-32-pool-64-64-pool, He init."""
-    return DeepConvNet(in_channels, **kwargs)
-
-
 @register_model("deep_convnet")
 def deep_convnet(
     num_classes: int = 10, in_channels: int = 1, input_size: int = 28, dropout: float = 0.5,
@@ -267,7 +261,9 @@ def deep_convnet(
 ):  # fmt: skip
     """Deep Learning from Scratch ch. 8: 3x3 convs 16-16-32-32-64-64, fc50 + dropout, fc10 +
     dropout (99.38% in the book)."""
-    backbone = deep_convnet_backbone(in_channels, **kwargs)
+    # A model only, not a registered backbone: the padding-2 convolution makes its second
+    # stage one pixel larger than a stride-4 map, which U-Net-style consumers would misalign.
+    backbone = DeepConvNet(in_channels, **kwargs)
     model = _classifier(backbone, num_classes, input_size, (50,), "relu", dropout=dropout,
                         he_init=True)
     if dropout:
