@@ -39,7 +39,7 @@ def _readme_commands() -> list[list[str]]:
                 if words[:1] == ["torchrun"] and "-m" in words:  # torchrun ... -m rlgen train
                     words = words[words.index("-m") + 1:]
                 if len(words) > 2 and words[0].endswith("rlgen") and words[1] in (
-                    "train", "eval", "sample"
+                    "train", "eval", "sample", "predict"
                 ) and not words[2].isupper():  # NAME is a placeholder
                     commands.append(words[1:])
     return commands
@@ -50,9 +50,10 @@ COMMANDS = _readme_commands()
 
 def test_readme_has_commands_for_every_trainer():
     names = {(cmd, name) for cmd, name, *_ in COMMANDS}
-    for trainer in ("dqn", "vae", "autoencoder", "dcgan"):
+    for trainer in ("dqn", "vae", "autoencoder", "dcgan", "classifier"):
         assert ("train", trainer) in names
         assert ("eval", trainer) in names
+    assert ("predict", "classifier") in names
     for trainer in ("vae", "autoencoder", "dcgan"):
         assert ("sample", trainer) in names
 
@@ -64,7 +65,8 @@ def test_readme_command_parses(argv):
     if command == "train":
         config_cls = spec.config
     else:
-        config_cls = (spec.evaluate if command == "eval" else spec.sample)[0]
+        config_cls = {"eval": spec.evaluate, "sample": spec.sample,
+                      "predict": spec.predict}[command][0]
     try:
         parse_config(config_cls, flags, f"rlgen {command} {name}")
     except ValueError as exc:
