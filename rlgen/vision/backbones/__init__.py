@@ -68,19 +68,24 @@ def create_model(
     """Build the classifier registered as ``name`` (``num_classes`` / ``in_channels`` default to
     the builder's: 1000 classes and 3 channels for the ImageNet nets, 10 and 1 for MNIST nets).
 
-    ``weights`` is a path to a state dict; for the architectures torchvision has, its key names
-    are torchvision's, so torchvision checkpoint files load as they are.
+    ``weights``: a checkpoint to start from, as a path (a state dict in torchvision's key
+    names, an rlgen run checkpoint, or the usual ``{"state_dict": ...}`` wrappers), a mapping,
+    or ``"torchvision:NAME"`` for torchvision's published ImageNet file (downloaded into rlgen's
+    cache once; see ``weights.TORCHVISION_WEIGHTS``). The model is built with the checkpoint's
+    class count and loaded strictly (any other mismatch is a ``WeightsError`` naming the keys);
+    a ``num_classes`` that differs then gets a freshly initialised head, everything else keeps
+    the file's values. Without ``num_classes`` the checkpoint's head is kept.
     """
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
-    model = MODELS.create(name, **kwargs)
-    if weights is not None:
-        from rlgen.vision.backbones.weights import load_weights
+    build = MODELS.get(name)  # an unknown name fails before a large file is read
+    if weights is None:
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return build(**kwargs)
+    from rlgen.vision.backbones.weights import build_with_weights
 
-        load_weights(model, weights)
-    return model
+    return build_with_weights(build, weights, num_classes, **kwargs)
 
 
 # Built-in architectures register themselves on import.
