@@ -158,6 +158,6 @@ TRAINERS = Registry(
 )
 
 # Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
-TOOLS = Registry("tools", builtins=())
+TOOLS = Registry("tools", builtins=("rlgen.vision.style",))
 
 REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, AGENTS, DATASETS, TRAINERS, TOOLS)}

@@ -211,3 +211,24 @@ def test_expanded_data_and_augmentation_train_and_the_cli_evaluates_an_ensemble(
                  str(path), "--device", "cpu", "--top", "3"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{path}: ") and len(line.split(",")) == 3
+
+
+def test_weights_and_freeze_start_from_a_trained_classifier(tmp_path):
+    """--weights FILE (an rlgen run's best.pt) with --freeze backbone: the backbone starts from
+    the file and does not move, batch statistics included; only the head trains."""
+    first = train(ClassifierConfig(**TINY, epochs=1, max_steps=30, val_fraction=0.0,
+                                   model="mnist_conv2_relu", run_dir=str(tmp_path / "a")),
+                  progress=False)
+    source = load_checkpoint(first["checkpoint"])["state"]["model"]
+    second = train(ClassifierConfig(**TINY, epochs=1, max_steps=20, val_fraction=0.0,
+                                    model="mnist_conv2_relu", weights=first["checkpoint"],
+                                    freeze="backbone", run_dir=str(tmp_path / "b")),
+                   progress=False)
+    tuned = load_checkpoint(second["checkpoint"])["state"]["model"]
+    backbone = [k for k in source if k.startswith("backbone.")]
+    head = [k for k in source if not k.startswith("backbone.")]
+    assert backbone and head
+    for key in backbone:
+        assert torch.equal(tuned[key], source[key]), key
+    assert any(not torch.equal(tuned[k], source[k]) for k in head)
+    assert second["test/accuracy"] > 0.5  # the head on trained features works at once
