@@ -99,3 +99,23 @@ def test_readme_own_trainer_example_runs(tmp_path, monkeypatch):
     result = namespace["train"](namespace["RegressionConfig"](resume="runs/regression",
                                                               epochs=3))
     assert result["step"] == 48
+
+
+def _readme_tool_commands() -> list[list[str]]:
+    commands = []
+    for block in _shell_blocks():
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split("#")[0]) if line.strip() else []
+            if len(words) > 1 and words[0] == "rlgen" and words[1] == "style":
+                commands.append(words[1:])
+    return commands
+
+
+def test_readme_tool_commands_parse():
+    from rlgen.registry import TOOLS
+
+    commands = _readme_tool_commands()
+    assert commands, "the README shows `rlgen style`"
+    for name, *flags in commands:
+        spec = TOOLS.create(name)
+        parse_config(spec.config, flags, f"rlgen {name}")
