@@ -157,7 +157,12 @@ TRAINERS = Registry(
     ),
 )
 
+# fcn8s, segnet, unet, ...: builders fn(num_classes, in_channels=3, encoder=None, **kw).
+SEGMENTATION_MODELS = Registry("segmentation-models",
+                               builtins=("rlgen.vision.segmentation.models",))
+
 # Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
 TOOLS = Registry("tools", builtins=("rlgen.vision.style",))
 
-REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, AGENTS, DATASETS, TRAINERS, TOOLS)}
+REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, SEGMENTATION_MODELS, AGENTS, DATASETS,
+                                  TRAINERS, TOOLS)}

@@ -145,3 +145,30 @@ def test_in_channels_and_batch_norm_backbone():
     assert out.shape == (2, 512, 1, 1)
     with pytest.raises(BackboneInputError, match="vgg11_bn"):
         b(torch.randn(2, 3, 32, 32))
+
+
+def test_forward_stages_returns_the_pooling_indices():
+    """``return_indices=True`` (for SegNet): the same stages, and for every pooled value its
+    flat position in the map the pool read, inside its own 2x2 window."""
+    torch.manual_seed(0)
+    b = create_backbone("vgg11_bn").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        plain = b.forward_stages(x)
+        stages, indices = b.forward_stages(x, return_indices=True)
+        pool_inputs = [b.features[: end](x) for end in b._stage_ends]
+    assert len(indices) == len(stages) == 5
+    for stage, same, where, before in zip(stages, plain, indices, pool_inputs):
+        torch.testing.assert_close(stage, same)
+        assert where.shape == stage.shape and where.dtype == torch.int64
+        width = before.shape[-1]
+        # The value stored at each index is the pooled value ...
+        picked = before.flatten(2).gather(2, where.flatten(2)).view_as(stage)
+        torch.testing.assert_close(picked, stage)
+        # ... and the index lies in the output pixel's own window.
+        rows = torch.arange(stage.shape[-2])[:, None]
+        cols = torch.arange(stage.shape[-1])[None, :]
+        assert torch.all(where // width // 2 == rows) and torch.all(where % width // 2 == cols)
+    unpooled = nn.MaxUnpool2d(2)(stages[0], indices[0])
+    assert unpooled.shape == pool_inputs[0].shape
+    assert int((unpooled != 0).sum()) <= stages[0].numel()

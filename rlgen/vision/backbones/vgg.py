@@ -8,6 +8,9 @@ outputs of the five pooling blocks, ``block1`` /2 ... ``block5`` /32, each exact
 ``H // r`` pixels high (3x3 convs keep the size, each pool halves it, rounding down), so the
 smallest image that goes through is 32x32. Model ``vgg16`` adds torchvision's 7x7 adaptive
 average pool and the three-layer classifier, with torchvision's parameter names.
+
+``forward_stages(x, return_indices=True)`` also returns where each max-pool took its maxima
+(``nn.MaxPool2d(return_indices=True)``'s indices), for SegNet's max-unpooling decoder.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlgen.vision.backbones import register_variant
@@ -146,15 +150,28 @@ class VGGBackbone(Backbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_stages(
+        self, x: torch.Tensor, return_indices: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The five pooled block outputs; with ``return_indices=True``, ``(stages, indices)``
+        where ``indices[k]`` holds, for each value of ``stages[k]``, its flat position in the
+        ``H * W`` plane of the map that block's pool read (what ``nn.MaxUnpool2d`` takes)."""
         self.check_input(x)
-        stages = []
+        stages, indices = [], []
         ends = set(self._stage_ends)
         for i, layer in enumerate(self.features):
-            x = layer(x)
+            if return_indices and i in ends:
+                # The functional form of the same pool, so ``features`` stays torchvision's
+                # plain ``MaxPool2d`` (and its state dict and printout) either way.
+                x, where = F.max_pool2d(
+                    x, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                    ceil_mode=layer.ceil_mode, return_indices=True)
+                indices.append(where)
+            else:
+                x = layer(x)
             if i in ends:
                 stages.append(x)
-        return stages
+        return (stages, indices) if return_indices else stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
