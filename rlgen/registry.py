@@ -154,6 +154,7 @@ TRAINERS = Registry(
         "rlgen.generative.vae",
         "rlgen.generative.dcgan",
         "rlgen.vision.classification",
+        "rlgen.vision.segmentation.train",
     ),
 )
 

@@ -25,11 +25,22 @@ from rlgen.data.folder import ImageFolder, find_images, load_image
 from rlgen.data.images import make_grid, save_image
 from rlgen.data.mnist import MNIST, FashionMNIST, parse_idx, read_idx
 from rlgen.data.mnist_subset import MNISTSubset
+from rlgen.data.segmentation import (
+    CamVid,
+    SegmentationAugment,
+    SegmentationDataset,
+    SegShapes,
+    VOCSegmentation,
+    colorize,
+    make_seg_shapes,
+    voc_colormap,
+)
 from rlgen.data.shapes import Shapes, make_shapes
 from rlgen.registry import DATASETS
 
 __all__ = [
     "CIFAR10",
+    "CamVid",
     "MNIST",
     "ChecksumError",
     "DataFormatError",
@@ -39,7 +50,12 @@ __all__ = [
     "ImageDataset",
     "ImageFolder",
     "MNISTSubset",
+    "SegShapes",
+    "SegmentationAugment",
+    "SegmentationDataset",
     "Shapes",
+    "VOCSegmentation",
+    "colorize",
     "download_file",
     "expand_with_shifts",
     "file_hash",
@@ -49,6 +65,7 @@ __all__ = [
     "load_dataset",
     "load_image",
     "make_grid",
+    "make_seg_shapes",
     "make_shapes",
     "parse_idx",
     "read_idx",
@@ -56,6 +73,7 @@ __all__ = [
     "save_image",
     "shift_images",
     "verify_checksum",
+    "voc_colormap",
 ]
 
 

@@ -100,3 +100,85 @@ def captioned_grid(images: torch.Tensor, captions: Sequence[str], ncol: int = 8,
         draw.multiline_text((x0, y0 + h * scale + 1), captions[i], fill="black", font=font,
                             spacing=2)
     return _to_tensor(sheet)
+
+
+def colorize(mask: torch.Tensor, palette: torch.Tensor, ignore_index: int | None = 255,
+             ignore_color: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
+    """Class indices ``(H, W)`` -> uint8 ``(3, H, W)`` in the palette's colours (``(K, 3)``
+    uint8); ignored pixels in ``ignore_color``."""
+    mask = torch.as_tensor(mask).long().cpu()
+    palette = torch.as_tensor(palette, dtype=torch.uint8).cpu()
+    ignored = mask == ignore_index if ignore_index is not None \
+        else torch.zeros_like(mask, dtype=torch.bool)
+    safe = torch.where(ignored, torch.zeros_like(mask), mask).clamp(0, len(palette) - 1)
+    image = palette[safe].permute(2, 0, 1).clone()
+    image[:, ignored] = torch.tensor(ignore_color, dtype=torch.uint8)[:, None]
+    return image
+
+
+def _as_uint8(image: torch.Tensor) -> torch.Tensor:
+    image = torch.as_tensor(image).detach().cpu()
+    if image.dtype != torch.uint8:
+        image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, palette: torch.Tensor,
+            classes: Sequence[str] | None = None, alpha: float = 0.5,
+            ignore_index: int | None = 255) -> torch.Tensor:
+    """The mask's colours blended over the image (``alpha`` of colour), with a legend of the
+    classes present to the right when ``classes`` is given: uint8 ``(3, H, W')``."""
+    base = _as_uint8(image).float()
+    colours = colorize(mask, palette, ignore_index).float()
+    keep = torch.as_tensor(mask).cpu() == ignore_index if ignore_index is not None else None
+    blended = (1 - alpha) * base + alpha * colours
+    if keep is not None:
+        blended[:, keep] = base[:, keep]
+    result = blended.round().to(torch.uint8)
+    if classes is None:
+        return result
+    present = sorted(int(c) for c in torch.as_tensor(mask).unique().tolist()
+                     if c != ignore_index and 0 <= c < len(classes))
+    return _beside(result, legend([classes[c] for c in present],
+                                  torch.as_tensor(palette)[present], height=result.shape[1]))
+
+
+def legend(names: Sequence[str], colours: torch.Tensor, height: int | None = None
+           ) -> torch.Tensor:
+    """A column of colour swatches with their class names: uint8 ``(3, H, W)``."""
+    font = _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = 24 + max([_text_width(probe, n, font) for n in names] or [10]) + 6
+    rows = max(len(names), 1)
+    sheet = Image.new("RGB", (width, max(height or 0, rows * 16 + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, colour) in enumerate(zip(names, colours.tolist())):
+        y = 2 + i * 16
+        draw.rectangle([4, y + 2, 16, y + 13], fill=tuple(int(c) for c in colour),
+                       outline=(0, 0, 0))
+        draw.text((22, y + 1), name, fill="black", font=font)
+    return _to_tensor(sheet)
+
+
+def _beside(*images: torch.Tensor, gap: int = 4) -> torch.Tensor:
+    """uint8 ``(3, H_i, W_i)`` images side by side on white, top-aligned."""
+    height = max(int(i.shape[1]) for i in images)
+    width = sum(int(i.shape[2]) for i in images) + gap * (len(images) - 1)
+    sheet = torch.full((3, height, width), 255, dtype=torch.uint8)
+    x = 0
+    for image in images:
+        sheet[:, : image.shape[1], x: x + image.shape[2]] = image
+        x += image.shape[2] + gap
+    return sheet
+
+
+def segmentation_triplets(images: torch.Tensor, truths: torch.Tensor, predictions: torch.Tensor,
+                          palette: torch.Tensor, ignore_index: int | None = 255) -> torch.Tensor:
+    """One row per example: image | truth | prediction (colour masks), uint8 ``(3, H, W)``."""
+    rows = [_beside(_as_uint8(image), colorize(truth, palette, ignore_index),
+                    colorize(pred, palette, ignore_index))
+            for image, truth, pred in zip(images, truths, predictions)]
+    width = max(int(r.shape[2]) for r in rows)
+    padded = [torch.nn.functional.pad(r, (0, width - r.shape[2]), value=255) for r in rows]
+    gap = torch.full((3, 4, width), 255, dtype=torch.uint8)
+    return torch.cat([part for row in padded for part in (row, gap)][:-1], dim=1)
