@@ -42,7 +42,7 @@ class SegmentationConfig(TrainConfig):
     """Train a semantic-segmentation model (FCN, SegNet, U-Net on any encoder)."""
 
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        *TrainConfig.fixed_on_resume, "model", "encoder", "dataset", "image_size",
+        *TrainConfig.fixed_on_resume, "model", "encoder", "width", "dataset", "image_size",
         "val_fraction")
 
     model: str = "unet"
@@ -50,6 +50,9 @@ class SegmentationConfig(TrainConfig):
     encoder: str | None = None
     """U-Net on a registered backbone (resnet34, a plugin, ...; None: the original U-Net);
     FCN: a VGG trunk (default vgg16)"""
+    width: int | None = None
+    """model width: the original U-Net's first-level channels (64 in the paper: a width
+    multiplier), FCN's fc6 / fc7 channels (4096 in the paper); None: the paper's"""
     encoder_weights: str | None = None
     """classifier weights for the encoder: a file (rlgen or torchvision format) or
     torchvision:NAME"""
@@ -106,6 +109,7 @@ class SegmentationConfig(TrainConfig):
               f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check(self.eval_batch_size > 0,
               f"--eval-batch-size must be > 0, got {self.eval_batch_size}")
+        check(self.width is None or self.width >= 1, f"--width must be >= 1, got {self.width}")
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -114,7 +118,7 @@ def build_model(config: SegmentationConfig, num_classes: int, in_channels: int) 
     from rlgen.vision.segmentation.models import build_segmentation_model, load_vgg16_classifier
 
     model = build_segmentation_model(config.model, num_classes, in_channels,
-                                     encoder=config.encoder)
+                                     encoder=config.encoder, **width_kwargs(config))
     if config.encoder_weights:
         if config.model.startswith("fcn"):
             load_vgg16_classifier(model, config.encoder_weights)
@@ -123,6 +127,19 @@ def build_model(config: SegmentationConfig, num_classes: int, in_channels: int) 
 
             load_weights(model.encoder, config.encoder_weights, strict=False)
     return model
+
+
+def width_kwargs(config: Any) -> dict[str, int]:
+    """The builder's width argument for ``--width``: FCN's fc6/fc7 channels, or the original
+    U-Net's first-level channels."""
+    if config.width is None:
+        return {}
+    if config.model.startswith("fcn"):
+        return {"fc_channels": config.width}
+    if config.model == "unet" and config.encoder is None:
+        return {"base_channels": config.width}
+    raise InputError(f"--width applies to fcn* and to unet without --encoder, not to "
+                     f"{config.model}{' on ' + config.encoder if config.encoder else ''}")
 
 
 @torch.inference_mode()
@@ -296,10 +313,19 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu"
                               f"{state.get('task')!r} run)")
     meta = state["meta"]
     model = build_segmentation_model(meta["model"], meta["num_classes"], meta["in_channels"],
-                                     encoder=meta["encoder"])
+                                     encoder=meta["encoder"],
+                                     **width_kwargs(_Widths(meta["model"], meta["encoder"],
+                                                            state["config"].get("width"))))
     model.load_state_dict(state["state"]["model"])
     return model.to(device).eval(), {**meta, "checkpoint": str(path),
                                      "config": state.get("config", {})}
+
+
+@dataclass
+class _Widths:
+    model: str
+    encoder: str | None
+    width: int | None
 
 
 @dataclass
