@@ -153,10 +153,12 @@ class Precision:
 
 
 def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient is finite: one fused norm over all of them (a NaN or inf in any
+    element makes its norm non-finite), then a single host read."""
     if not grads:
         return True
-    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-    return bool(torch.isfinite(norms).all())
+    norms = torch._foreach_norm([g.detach() for g in grads])
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -254,6 +254,7 @@ class TrainingRun:
         self._last_step = 0
         self._current_step: int | None = None
         self._items_per_step: int | None = None
+        self._rate_step = 0
         self._items_name = "images"
         self._stop = StopSignals()
         self._stop_agreement: distributed.FlagAgreement | None = None
@@ -353,7 +354,7 @@ class TrainingRun:
         self._stop.install()
         self._stop_agreement = distributed.FlagAgreement() if self.world_size > 1 else None
         self._t0, self._t0_step = time.perf_counter(), self.start_step
-        self._last_step = self.start_step
+        self._last_step = self._rate_step = self.start_step
         return self.start_step
 
     def _name(self) -> str:
@@ -476,8 +477,11 @@ class TrainingRun:
             {k: float(v.item() if isinstance(v, torch.Tensor) else v)
              for k, v in metrics.items()})
         elapsed, done = time.perf_counter() - self._t0, step - self._t0_step
-        if self._items_per_step and done > 0 and elapsed > 0:
+        # Throughput once per step reached: a second log at the same step (end-of-run
+        # evaluation figures) would count the evaluation's time as training time.
+        if self._items_per_step and done > 0 and elapsed > 0 and step > self._rate_step:
             values[f"charts/{self._items_name}_per_s"] = done * self._items_per_step / elapsed
+            self._rate_step = step
         if self.logger is not None:
             self.logger.scalars(values, step)
             self.logger.progress(step, **{tag.split("/")[-1]: values[tag] for tag in show})

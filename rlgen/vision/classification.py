@@ -69,6 +69,9 @@ class ClassifierConfig(TrainConfig):
     """start from these weights: a checkpoint file (rlgen's or torchvision's format) or
     torchvision:NAME (published ImageNet weights); the head is replaced if its class count
     differs"""
+    new_head: bool = False
+    """with --weights: a fresh output layer even when the class count matches (new classes,
+    e.g. digits 5-9 after 0-4)"""
     freeze: str = "none"
     """train only part of the model: none, backbone (only the head trains) or stages:N (the
     first N stages of the backbone stay fixed, batch-norm statistics included)"""
@@ -305,6 +308,8 @@ def build_classifier(config: ClassifierConfig, num_classes: int, in_channels: in
                          weights=config.weights, **kwargs)
     if config.weights is None:
         initialize(model, config.init)
+    elif config.new_head:
+        model.reset_classifier(num_classes)
     if config.freeze != "none":
         from rlgen.vision.transfer import freeze
 

@@ -232,3 +232,18 @@ def test_weights_and_freeze_start_from_a_trained_classifier(tmp_path):
         assert torch.equal(tuned[key], source[key]), key
     assert any(not torch.equal(tuned[k], source[k]) for k in head)
     assert second["test/accuracy"] > 0.5  # the head on trained features works at once
+
+
+def test_new_head_replaces_an_output_layer_of_the_same_size(tmp_path):
+    from rlgen.vision.classification import build_classifier
+
+    first = train(ClassifierConfig(**TINY, epochs=1, max_steps=5, val_fraction=0.0,
+                                   run_dir=str(tmp_path / "a")), progress=False)
+    source = load_checkpoint(first["checkpoint"])["state"]["model"]
+    kept = build_classifier(ClassifierConfig(weights=first["checkpoint"]), 10, 1, 28)
+    fresh = build_classifier(ClassifierConfig(weights=first["checkpoint"], new_head=True),
+                             10, 1, 28)
+    assert torch.equal(kept.state_dict()["fc.weight"], source["fc.weight"])
+    assert not torch.equal(fresh.state_dict()["fc.weight"], source["fc.weight"])
+    assert torch.equal(fresh.state_dict()["backbone.stages.0.conv.weight"],
+                       source["backbone.stages.0.conv.weight"])
