@@ -19,6 +19,17 @@ from rlgen.data.base import (
     ImageDataset,
     resize_uint8,
 )
+from rlgen.data.captions import (
+    CaptionDataset,
+    CaptionShapes,
+    COCOCaptions,
+    Flickr8k,
+    collate_captions,
+    make_caption_shapes,
+    read_coco_captions,
+    read_flickr8k_tokens,
+    read_karpathy_split,
+)
 from rlgen.data.cifar import CIFAR10, load_batch
 from rlgen.data.download import DownloadError, download_file, file_hash, verify_checksum
 from rlgen.data.folder import ImageFolder, find_images, load_image
@@ -40,13 +51,17 @@ from rlgen.registry import DATASETS
 
 __all__ = [
     "CIFAR10",
+    "COCOCaptions",
     "CamVid",
+    "CaptionDataset",
+    "CaptionShapes",
     "MNIST",
     "ChecksumError",
     "DataFormatError",
     "DatasetNotFoundError",
     "DownloadError",
     "FashionMNIST",
+    "Flickr8k",
     "ImageDataset",
     "ImageFolder",
     "MNISTSubset",
@@ -55,6 +70,7 @@ __all__ = [
     "SegmentationDataset",
     "Shapes",
     "VOCSegmentation",
+    "collate_captions",
     "colorize",
     "download_file",
     "expand_with_shifts",
@@ -64,11 +80,15 @@ __all__ = [
     "load_batch",
     "load_dataset",
     "load_image",
+    "make_caption_shapes",
     "make_grid",
     "make_seg_shapes",
     "make_shapes",
     "parse_idx",
+    "read_coco_captions",
+    "read_flickr8k_tokens",
     "read_idx",
+    "read_karpathy_split",
     "resize_uint8",
     "save_image",
     "shift_images",
