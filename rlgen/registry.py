@@ -155,6 +155,7 @@ TRAINERS = Registry(
         "rlgen.generative.dcgan",
         "rlgen.vision.classification",
         "rlgen.vision.segmentation.train",
+        "rlgen.vision.captioning.train",
     ),
 )
 
@@ -163,7 +164,7 @@ SEGMENTATION_MODELS = Registry("segmentation-models",
                                builtins=("rlgen.vision.segmentation.models",))
 
 # Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
-TOOLS = Registry("tools", builtins=("rlgen.vision.style",))
+TOOLS = Registry("tools", builtins=("rlgen.vision.style", "rlgen.vision.captioning.train"))
 
 REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, SEGMENTATION_MODELS, AGENTS, DATASETS,
                                   TRAINERS, TOOLS)}
