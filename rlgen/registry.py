@@ -163,6 +163,11 @@ TRAINERS = Registry(
 SEGMENTATION_MODELS = Registry("segmentation-models",
                                builtins=("rlgen.vision.segmentation.models",))
 
+# yolov1, faster_rcnn: builders fn(num_classes, in_channels=3, backbone=None, **kw) -> a detector
+# (forward(images, targets) -> losses; forward(images) -> detections; see rlgen.vision.detection).
+DETECTION_MODELS = Registry("detection-models", builtins=(
+    "rlgen.vision.detection.yolo", "rlgen.vision.detection.faster_rcnn"))
+
 # Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
 TOOLS = Registry("tools", builtins=("rlgen.vision.style", "rlgen.vision.captioning.train"))
 
