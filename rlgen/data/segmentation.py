@@ -117,20 +117,21 @@ def voc_colormap(num_colors: int = 256) -> np.ndarray:
 def colorize(
     masks: torch.Tensor,
     palette: torch.Tensor | np.ndarray,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int | None = IGNORE_INDEX,
     ignore_color: Sequence[int] = (224, 224, 192),
 ) -> torch.Tensor:
     """Masks ``(..., H, W)`` of class indices -> uint8 RGB pictures ``(..., 3, H, W)``.
 
-    ``ignore_index`` pixels get ``ignore_color`` (VOC's border colour); any other value
-    outside the palette is drawn black."""
+    ``ignore_index`` pixels (none when it is None) get ``ignore_color`` (VOC's border
+    colour); any other value outside the palette is drawn black."""
     masks = torch.as_tensor(masks)
     palette = torch.as_tensor(np.asarray(palette), dtype=torch.uint8, device=masks.device)
     k = len(palette)
     table = torch.zeros(max(256, k) + 1, 3, dtype=torch.uint8, device=masks.device)
     table[:k] = palette  # row k (and beyond) stays black
     index = masks.long()
-    ignored = index == ignore_index
+    ignored = index == ignore_index if ignore_index is not None \
+        else torch.zeros_like(index, dtype=torch.bool)
     index = torch.where((index < 0) | (index >= k), k, index)
     pictures = table[index]
     pictures[ignored] = torch.tensor(list(ignore_color), dtype=torch.uint8, device=masks.device)

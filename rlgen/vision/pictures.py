@@ -104,16 +104,13 @@ def captioned_grid(images: torch.Tensor, captions: Sequence[str], ncol: int = 8,
 
 def colorize(mask: torch.Tensor, palette: torch.Tensor, ignore_index: int | None = 255,
              ignore_color: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
-    """Class indices ``(H, W)`` -> uint8 ``(3, H, W)`` in the palette's colours (``(K, 3)``
-    uint8); ignored pixels in ``ignore_color``."""
-    mask = torch.as_tensor(mask).long().cpu()
-    palette = torch.as_tensor(palette, dtype=torch.uint8).cpu()
-    ignored = mask == ignore_index if ignore_index is not None \
-        else torch.zeros_like(mask, dtype=torch.bool)
-    safe = torch.where(ignored, torch.zeros_like(mask), mask).clamp(0, len(palette) - 1)
-    image = palette[safe].permute(2, 0, 1).clone()
-    image[:, ignored] = torch.tensor(ignore_color, dtype=torch.uint8)[:, None]
-    return image
+    """Class indices ``(H, W)`` -> uint8 ``(3, H, W)`` on the CPU in the palette's colours
+    (``(K, 3)`` uint8); ignored pixels in ``ignore_color`` (white: no class), values outside
+    the palette black. The dataset's ``colorize`` with a picture's defaults."""
+    from rlgen.data.segmentation import colorize as colour_masks
+
+    return colour_masks(torch.as_tensor(mask).cpu(), torch.as_tensor(palette).cpu(),
+                        ignore_index, ignore_color)
 
 
 def _as_uint8(image: torch.Tensor) -> torch.Tensor:

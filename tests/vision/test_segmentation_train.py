@@ -4,9 +4,11 @@ the overlay."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +109,65 @@ def test_width_applies_only_where_it_means_something():
 
     with pytest.raises(InputError, match="--width applies to fcn"):
         build_model(SegmentationConfig(model="segnet", width=8), 3, 3)
+
+
+def test_tensorboard_shows_image_truth_prediction_triplets(tmp_path):
+    """The logged picture holds, row by row, the first validation images, their true masks and
+    the masks the model predicted at that step (the run's last, so its final checkpoint)."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlgen.data import load_dataset
+    from rlgen.vision.classification import Standardize, split_validation
+    from rlgen.vision.pictures import colorize
+    from rlgen.vision.segmentation.train import load_segmenter, predict_masks
+
+    result = train(SegmentationConfig(
+        dataset="seg-shapes", image_size=32, batch_size=8, max_steps=6, model="unet", width=4,
+        sample_every=1000, log_every=1000, checkpoint_every=0, val_fraction=0.2, device="cpu",
+        run_dir=str(tmp_path / "run")), progress=False)
+    logged = []
+    for events in (tmp_path / "run").rglob("events.out.tfevents.*"):  # + the hparams' file
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        if "samples/image_truth_prediction" in accumulator.Tags()["images"]:
+            logged += accumulator.Images("samples/image_truth_prediction")
+    (logged,) = logged
+    assert logged.step == 6
+    with Image.open(io.BytesIO(logged.encoded_image_string)) as png:
+        sheet = torch.from_numpy(np.asarray(png.convert("RGB")).copy()).permute(2, 0, 1)
+    assert sheet.shape == (3, 4 * 32 + 3 * 4, 3 * 32 + 2 * 4)
+
+    train_set = load_dataset("seg-shapes", train=True, image_size=32)
+    _, (val_x, val_y) = split_validation(train_set.images, train_set.masks, 0.2, 0)
+    model, meta = load_segmenter(result["checkpoint"])
+    predicted = predict_masks(model, val_x[:4], Standardize(meta["mean"], meta["std"]))
+    for row in range(4):
+        panel = sheet[:, row * 36:row * 36 + 32]
+        assert torch.equal(panel[:, :, :32], val_x[row])
+        assert torch.equal(panel[:, :, 36:68], colorize(val_y[row], train_set.palette))
+        assert torch.equal(panel[:, :, 72:104], colorize(predicted[row], train_set.palette))
+
+
+def test_encoder_weights_load_whole_or_not_at_all(tmp_path):
+    """--encoder-weights: a classifier of the encoder's architecture fills every encoder
+    tensor (its head left out); one of another architecture (no batch norm) is refused by
+    name, not loaded in part."""
+    from rlgen.vision.backbones.vgg import VGG
+    from rlgen.vision.backbones.weights import WeightsError
+    from rlgen.vision.segmentation.train import build_model
+
+    torch.manual_seed(0)
+    classifier = VGG(SLIM, batch_norm=True, num_classes=5)
+    torch.save(classifier.state_dict(), tmp_path / "vgg_slim_bn.pth")
+    torch.save(VGG(SLIM, batch_norm=False, num_classes=5).state_dict(), tmp_path / "plain.pth")
+    config = SegmentationConfig(model="segnet", encoder="vgg_slim_bn",
+                                encoder_weights=str(tmp_path / "vgg_slim_bn.pth"))
+    model = build_model(config, 3, 3)
+    loaded = model.encoder.state_dict()
+    for key, value in classifier.features.state_dict().items():
+        assert torch.equal(loaded[f"features.{key}"], value), key
+    config.encoder_weights = str(tmp_path / "plain.pth")
+    with pytest.raises(WeightsError, match="does not fit the segnet encoder 'vgg_slim_bn'.*"
+                                           "features.1.running_mean"):
+        build_model(config, 3, 3)

@@ -123,10 +123,25 @@ def build_model(config: SegmentationConfig, num_classes: int, in_channels: int) 
         if config.model.startswith("fcn"):
             load_vgg16_classifier(model, config.encoder_weights)
         else:
-            from rlgen.vision.backbones.weights import load_weights
-
-            load_weights(model.encoder, config.encoder_weights, strict=False)
+            load_encoder_weights(model, config.encoder_weights)
     return model
+
+
+def load_encoder_weights(model: nn.Module, weights: str) -> None:
+    """A classifier's weights into ``model.encoder``: every encoder tensor must be in the file
+    with its shape (the classifier's head is left out); a file of another architecture
+    (VGG-16 into a VGG-16-BN encoder, ResNet-18 into ResNet-34) is a ``WeightsError`` naming
+    the first keys that do not fit, instead of a silent partial load."""
+    from rlgen.vision.backbones.weights import WeightsError, load_weights
+
+    report = load_weights(model.encoder, weights, strict=False)
+    if report.missing or report.mismatched:
+        shapes = [f"{k}: encoder {list(a)} vs file {list(b)}" for k, a, b in report.mismatched]
+        raise WeightsError(
+            f"--encoder-weights {weights} does not fit the {model.name} encoder "
+            f"{getattr(model.encoder, 'name', type(model.encoder).__name__)!r}: "
+            f"missing {report.missing[:4]}{' ...' if len(report.missing) > 4 else ''}, "
+            f"mismatched {shapes[:4]}; give a classifier of the encoder's architecture")
 
 
 def width_kwargs(config: Any) -> dict[str, int]:
