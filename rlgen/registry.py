@@ -156,6 +156,7 @@ TRAINERS = Registry(
         "rlgen.vision.classification",
         "rlgen.vision.segmentation.train",
         "rlgen.vision.captioning.train",
+        "rlgen.vision.detection.train",
     ),
 )
 
@@ -171,5 +172,5 @@ DETECTION_MODELS = Registry("detection-models", builtins=(
 # Commands of their own, `rlgen NAME ...` (style transfer, ...): each entry builds a ToolSpec.
 TOOLS = Registry("tools", builtins=("rlgen.vision.style", "rlgen.vision.captioning.train"))
 
-REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, SEGMENTATION_MODELS, AGENTS, DATASETS,
-                                  TRAINERS, TOOLS)}
+REGISTRIES = {r.kind: r for r in (BACKBONES, MODELS, SEGMENTATION_MODELS, DETECTION_MODELS,
+                                  AGENTS, DATASETS, TRAINERS, TOOLS)}

