@@ -117,7 +117,8 @@ def _align_weights(start: Tensor, extent: Tensor, pooled: int, grid: Tensor,
     p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
     i = torch.arange(steps, device=start.device, dtype=start.dtype)[None, None, :]
     g = grid.to(start.dtype)[:, None, None]
-    coord = start[:, None, None] + p * bin_size + (i + 0.5) * bin_size / g  # (k, pooled, steps)
+    # (k, pooled, steps) sample coordinates; a box with no samples (zero extent) divides by 1
+    coord = start[:, None, None] + p * bin_size + (i + 0.5) * bin_size / g.clamp(min=1)
     used = (i < g) & (coord >= -1.0) & (coord <= size)
     coord = coord.clamp(min=0)
     low = coord.floor()
@@ -126,7 +127,7 @@ def _align_weights(start: Tensor, extent: Tensor, pooled: int, grid: Tensor,
     coord = torch.where(at_end, low, coord)
     frac = coord - low
     high = torch.where(at_end, low, low + 1)
-    scale = used.to(start.dtype) / g.clamp(min=1)
+    scale = used.to(start.dtype) / g.clamp(min=1)  # the kernel's count = max(grid, 1)
     weights = start.new_zeros((k, pooled, size))
     weights.scatter_add_(2, low.long(), (1 - frac) * scale)
     weights.scatter_add_(2, high.long(), frac * scale)
