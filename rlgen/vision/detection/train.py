@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,13 +47,15 @@ class DetectionConfig(TrainConfig):
     """Train an object detector (YOLO v1, Faster R-CNN) on any backbone."""
 
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        *TrainConfig.fixed_on_resume, "model", "backbone", "model_options", "dataset",
-        "image_size", "num_images")
+        *TrainConfig.fixed_on_resume, "model", "backbone", "backbone_options", "model_options",
+        "dataset", "dataset_options", "image_size")
 
     model: str = "yolov1"
     """yolov1 or faster_rcnn (see `rlgen list detection-models`)"""
     backbone: str = "resnet18"
     """any registered backbone (a user's plugin too)"""
+    backbone_options: tuple[str, ...] = ()
+    """the backbone builder's keyword options as KEY=VALUE (e.g. widths=(8,16,32))"""
     model_options: tuple[str, ...] = ()
     """the detector builder's keyword options as KEY=VALUE (e.g. grid=4 head=paper)"""
     dataset: str = "det-shapes"
@@ -66,8 +67,9 @@ class DetectionConfig(TrainConfig):
     image_size: int | None = None
     """resize images (and their boxes) to this square size (None: the dataset's default,
     det-shapes 64, VOC / COCO 448)"""
-    num_images: int | None = None
-    """det-shapes only: training images to generate (the test split gets a quarter)"""
+    dataset_options: tuple[str, ...] = ()
+    """the dataset's keyword options as KEY=VALUE, for both splits (det-shapes: num_images=500
+    max_objects=2; voc-detection: year=2012 limit=100)"""
     optimizer: Literal["sgd", "adamw"] = "adamw"
     """sgd (with --momentum) or adamw"""
     learning_rate: float = 1e-3
@@ -96,7 +98,8 @@ class DetectionConfig(TrainConfig):
         from rlgen.registry import DETECTION_MODELS
 
         DETECTION_MODELS.get(self.model)  # unknown names fail now, listing the closest
-        model_options(self.model_options)  # malformed options fail now
+        for flag in ("backbone_options", "model_options", "dataset_options"):
+            options(getattr(self, flag), flag)  # malformed options fail now
         check(self.optimizer in ("sgd", "adamw"),
               f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
         check(self.lr_schedule in ("constant", "cosine"),
@@ -110,8 +113,6 @@ class DetectionConfig(TrainConfig):
               f"--scale takes two numbers 0 < low <= high, got {list(self.scale)}")
         check(self.image_size is None or self.image_size >= 16,
               f"--image-size must be >= 16, got {self.image_size}")
-        check(self.num_images is None or self.num_images >= 1,
-              f"--num-images must be >= 1, got {self.num_images}")
         check(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         check(self.eval_images is None or self.eval_images >= 1,
               f"--eval-images must be >= 1, got {self.eval_images}")
@@ -119,17 +120,18 @@ class DetectionConfig(TrainConfig):
               f"--eval-batch-size must be > 0, got {self.eval_batch_size}")
 
 
-def model_options(options: tuple[str, ...] | list[str] | dict) -> dict[str, Any]:
+def options(pairs: tuple[str, ...] | list[str] | dict, flag: str = "model_options"
+            ) -> dict[str, Any]:
     """``("grid=4", "head=paper")`` -> ``{"grid": 4, "head": "paper"}``: values read as Python
     literals (numbers, True, (1, 2)) where they are one, else as strings."""
-    if isinstance(options, dict):
-        return dict(options)
+    if isinstance(pairs, dict):
+        return dict(pairs)
     out: dict[str, Any] = {}
-    for item in options:
+    for item in pairs:
         key, sep, value = str(item).partition("=")
         if not sep or not key.isidentifier():
-            raise InputError(f"--model-options takes KEY=VALUE pairs (e.g. grid=4), got "
-                             f"{item!r}")
+            raise InputError(f"--{flag.replace('_', '-')} takes KEY=VALUE pairs (e.g. "
+                             f"grid=4), got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -148,11 +150,14 @@ def load_split(config: Any, train: bool, image_size: int | None = None):
     name = dataset_name(config.dataset)
     kwargs: dict[str, Any] = dict(root=config.data_root, download=config.download,
                                   image_size=image_size or config.image_size)
-    if config.num_images is not None:
-        if name != "det-shapes":
-            raise InputError(f"--num-images applies to det-shapes, not to {config.dataset}")
-        kwargs["num_images"] = config.num_images if train else max(1, config.num_images // 4)
-    dataset = load_dataset(name, train=train, **kwargs)
+    extra = options(config.dataset_options, "dataset_options")
+    try:
+        dataset = load_dataset(name, train=train, **kwargs, **extra)
+    except TypeError as exc:
+        if extra and "argument" in str(exc):
+            raise InputError(f"--dataset-options {' '.join(config.dataset_options)} is not "
+                             f"accepted by {name}: {exc}") from exc
+        raise
     if not hasattr(dataset, "targets") or not hasattr(dataset, "padded"):
         raise InputError(f"--dataset {config.dataset} has no boxes; use voc, coco or "
                          "det-shapes")
@@ -160,20 +165,34 @@ def load_split(config: Any, train: bool, image_size: int | None = None):
 
 
 def build_detector(name: str, num_classes: int, in_channels: int, backbone: str,
-                   image_size: tuple[int, int], options: dict[str, Any]) -> nn.Module:
-    """``DETECTION_MODELS.create`` with the trainer's arguments; a builder that rejects an
-    option is reported as the user's error."""
+                   image_size: tuple[int, int], model_kwargs: dict[str, Any],
+                   backbone_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """``DETECTION_MODELS.create(name, num_classes, in_channels=, backbone=, image_size=,
+    **model_kwargs)``, the backbone built first when it has options; a builder that rejects
+    an option is reported as the user's error."""
     from rlgen.registry import DETECTION_MODELS
+    from rlgen.vision.backbones import create_backbone
 
     builder = DETECTION_MODELS.get(name)
+    net: str | nn.Module = backbone
+    if backbone_kwargs:
+        try:
+            net = create_backbone(backbone, in_channels=in_channels, **backbone_kwargs)
+        except TypeError as exc:
+            raise InputError(f"--backbone-options {_shown(backbone_kwargs)} is not accepted by "
+                             f"{backbone}: {exc}") from exc
     try:
-        return builder(num_classes, in_channels=in_channels, backbone=backbone,
-                       image_size=tuple(image_size), **options)
+        return builder(num_classes, in_channels=in_channels, backbone=net,
+                       image_size=tuple(image_size), **model_kwargs)
     except TypeError as exc:
-        if options and "argument" in str(exc):
-            raise InputError(f"--model-options {' '.join(f'{k}={v}' for k, v in options.items())}"
-                             f" is not accepted by {name}: {exc}") from exc
+        if model_kwargs and "argument" in str(exc):
+            raise InputError(f"--model-options {_shown(model_kwargs)} is not accepted by "
+                             f"{name}: {exc}") from exc
         raise
+
+
+def _shown(kwargs: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in kwargs.items())
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -264,9 +283,10 @@ def train(config: DetectionConfig, progress: bool | None = None) -> dict[str, An
         config = run.config  # with --resume: the saved config and the flags given now
         train_set, test_set = load_split(config, True), load_split(config, False)
         k, size = train_set.num_classes, train_set.image_size
-        options = model_options(config.model_options)
+        model_kwargs = options(config.model_options)
+        backbone_kwargs = options(config.backbone_options, "backbone_options")
         model = build_detector(config.model, k, train_set.channels, config.backbone, size,
-                               options).to(run.device)
+                               model_kwargs, backbone_kwargs).to(run.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=config.learning_rate,
@@ -290,10 +310,15 @@ def train(config: DetectionConfig, progress: bool | None = None) -> dict[str, An
         run.start(steps, {"model": model, "optimizer": optimizer, "scheduler": scheduler,
                           "precision": precision, "validation": tracker},
                   meta={"model": config.model, "backbone": config.backbone,
-                        "model_options": options, "num_classes": k,
+                        "backbone_options": backbone_kwargs, "model_options": model_kwargs,
+                        "num_classes": k,
                         "in_channels": train_set.channels, "image_size": list(size),
                         "classes": list(train_set.classes)},
                   items_per_step=data.batch_size)
+        # A resumed optimizer keeps the rate it was built with (the schedule's first); the
+        # restored schedule knows where it stood (from the saved run's base rate).
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
         net = run.prepare(model)
         step = run.start_step
         for step, (index, _) in run.steps(data):
@@ -363,7 +388,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu"
                               f"{state.get('task')!r} run)")
     meta = state["meta"]
     model = build_detector(meta["model"], meta["num_classes"], meta["in_channels"],
-                           meta["backbone"], tuple(meta["image_size"]), meta["model_options"])
+                           meta["backbone"], tuple(meta["image_size"]), meta["model_options"],
+                           meta.get("backbone_options"))
     model.load_state_dict(state["state"]["model"])
     return model.to(device).eval(), {**meta, "checkpoint": str(path),
                                      "config": state.get("config", {})}
@@ -400,7 +426,8 @@ class DetectionEvalConfig:
 
 
 def evaluate(config: DetectionEvalConfig) -> dict[str, Any]:
-    """``rlgen eval detection``: a per-class AP table (stderr), then one JSON line (stdout)."""
+    """``rlgen eval detection``: a per-class AP table (VOC all-point AP at IoU 0.5 and COCO AP
+    at 0.5:0.95, in percent), then one JSON line of figures."""
     from types import SimpleNamespace
 
     from rlgen.runtime import resolve_device
@@ -412,17 +439,17 @@ def evaluate(config: DetectionEvalConfig) -> dict[str, Any]:
     source = SimpleNamespace(
         dataset=config.dataset or trained.get("dataset", "det-shapes"),
         data_root=config.data_root or trained.get("data_root", "data"), download=False,
-        image_size=meta["image_size"][0], num_images=trained.get("num_images")
-        if not config.dataset else None)
+        image_size=tuple(meta["image_size"]),
+        dataset_options=trained.get("dataset_options", ()) if not config.dataset else ())
     dataset = load_split(source, config.split == "train")
     if list(dataset.classes) != list(meta["classes"]):
         raise InputError(f"{config.checkpoint} was trained on the classes {meta['classes']}, "
                          f"but {source.dataset} has {dataset.classes}")
     scores = evaluate_detector(model, dataset, config.num_images, config.batch_size)
     width = max(len(c) for c in meta["classes"])
-    print(f"{'class':<{width}}  AP@0.5  AP@[.5:.95]", file=sys.stderr)
+    print(f"{'class':<{width}}  AP@0.5  AP@[.5:.95]")
     for name, ap in scores["per_class"].items():
-        print(f"{name:<{width}}  {_pct(ap['ap_50'])}  {_pct(ap['ap'])}", file=sys.stderr)
+        print(f"{name:<{width}}  {_pct(ap['ap_50'])}  {_pct(ap['ap'])}")
     result = {key: scores[key] for key in HEADLINE}
     result.update(checkpoint=meta["checkpoint"], split=config.split,
                   images=min(config.num_images or len(dataset), len(dataset)),
