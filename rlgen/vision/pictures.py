@@ -1,7 +1,9 @@
 """The pictures a person looks at instead of reading numbers: a confusion matrix, a grid of
 images with a caption under each (misclassified digits with their true / predicted labels,
-generated captions, ...). Each returns a uint8 ``(3, H, W)`` tensor, which TensorBoard
-(``RunLogger.image``) and ``rlgen.data.images.save_image`` both take.
+generated captions, ...), segmentation overlays, and labelled detection boxes with their scores
+(``draw_boxes``; ``detection_panels``: predictions beside the dashed truth). Each returns a
+uint8 ``(3, H, W)`` tensor, which TensorBoard (``RunLogger.image``) and
+``rlgen.data.images.save_image`` both take.
 
 Drawn with Pillow and its built-in font, so no plotting library is needed.
 """
