@@ -172,10 +172,19 @@ def _beside(*images: torch.Tensor, gap: int = 4) -> torch.Tensor:
 
 
 def segmentation_triplets(images: torch.Tensor, truths: torch.Tensor, predictions: torch.Tensor,
-                          palette: torch.Tensor, ignore_index: int | None = 255) -> torch.Tensor:
-    """One row per example: image | truth | prediction (colour masks), uint8 ``(3, H, W)``."""
-    rows = [_beside(_as_uint8(image), colorize(truth, palette, ignore_index),
-                    colorize(pred, palette, ignore_index))
+                          palette: torch.Tensor, ignore_index: int | None = 255,
+                          scale: int = 1) -> torch.Tensor:
+    """One row per example: image | truth | prediction (colour masks), uint8 ``(3, H, W)``;
+    ``scale`` enlarges every pixel to a ``scale x scale`` block (small images)."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+
+    def enlarge(picture: torch.Tensor) -> torch.Tensor:
+        return picture.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+    rows = [_beside(*(enlarge(p) for p in (_as_uint8(image),
+                                           colorize(truth, palette, ignore_index),
+                                           colorize(pred, palette, ignore_index))))
             for image, truth, pred in zip(images, truths, predictions)]
     width = max(int(r.shape[2]) for r in rows)
     padded = [torch.nn.functional.pad(r, (0, width - r.shape[2]), value=255) for r in rows]

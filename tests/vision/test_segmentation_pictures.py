@@ -61,3 +61,15 @@ def test_triplets_put_image_truth_and_prediction_side_by_side_one_row_each():
         assert torch.equal(panel[:, :, 16:28], colorize(truths[row], PALETTE))
         assert torch.equal(panel[:, :, 32:44], colorize(predictions[row], PALETTE))
     assert (sheet[:, 8:12] == 255).all()  # the white gap between rows
+
+
+def test_triplets_scale_enlarges_every_pixel_to_a_block():
+    images = torch.rand(1, 3, 4, 5)
+    truths, predictions = torch.randint(0, 4, (2, 1, 4, 5))
+    once = segmentation_triplets(images, truths, predictions, PALETTE)
+    thrice = segmentation_triplets(images, truths, predictions, PALETTE, scale=3)
+    assert thrice.shape == (3, 3 * 4, 3 * 3 * 5 + 2 * 4)
+    for k in range(3):  # panel k starts at k * (5 + 4) once, k * (15 + 4) enlarged
+        small = once[:, :, k * 9:k * 9 + 5]
+        big = thrice[:, :, k * 19:k * 19 + 15]
+        assert torch.equal(big, small.repeat_interleave(3, 1).repeat_interleave(3, 2))

@@ -274,16 +274,20 @@ class FCN(SegmentationModel):
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         stages = self.encoder.forward_stages(F.pad(x, (99, 99, 99, 99)))
-        h = self.drop6(self.relu6(self.fc6(stages[self._pool[32]])))
+        # keep only pool3 / pool4 / pool5: pool1 and pool2 (the largest maps, of the image and
+        # its 99-pixel margins) are freed now rather than held to the end (inference memory)
+        pool3, pool4, pool5 = (stages[self._pool[r]] for r in (8, 16, 32))
+        del stages
+        h = self.drop6(self.relu6(self.fc6(pool5)))
         h = self.score_fr(self.drop7(self.relu7(self.fc7(h))))
         if self.stride == 32:
             return _crop(self.upscore(h), self.FINAL_CROP[32], height, width)
         h = self.upscore2(h)
-        h = h + _crop(self.score_pool4(stages[self._pool[16]]), self.POOL4_CROP, *h.shape[-2:])
+        h = h + _crop(self.score_pool4(pool4), self.POOL4_CROP, *h.shape[-2:])
         if self.stride == 16:
             return _crop(self.upscore16(h), self.FINAL_CROP[16], height, width)
         h = self.upscore_pool4(h)
-        h = h + _crop(self.score_pool3(stages[self._pool[8]]), self.POOL3_CROP, *h.shape[-2:])
+        h = h + _crop(self.score_pool3(pool3), self.POOL3_CROP, *h.shape[-2:])
         return _crop(self.upscore8(h), self.FINAL_CROP[8], height, width)
 
 
@@ -399,7 +403,9 @@ class SegNet(SegmentationModel):
         stages, indices = self.encoder.forward_stages(x, return_indices=True)
         # VGG's 3x3 convs keep sizes: pool k read a map as large as stage k - 1 (the input).
         sizes = [x.shape[-2:]] + [s.shape[-2:] for s in stages[:-1]]
-        return self.decode(stages[-1], indices, sizes)
+        deepest = stages[-1]
+        del stages  # the decoder needs only the indices: free the shallower maps now
+        return self.decode(deepest, indices, sizes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,13 +551,17 @@ class UNet(SegmentationModel):
         self.head = nn.Conv2d(channels, num_classes, 1)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        stages = self.encoder.forward_stages(x)
-        h = stages[-1]
+        stages = list(self.encoder.forward_stages(x))
+        h, stages[-1] = stages[-1], None
         for block, (r, skip) in zip(self.decoder, self.levels):
-            target = stages[skip] if skip is not None else None
-            size = target.shape[-2:] if target is not None else (x.shape[-2] // r,
-                                                                 x.shape[-1] // r)
-            h = block(h, target, size)
+            if skip is None:
+                h = block(h, None, (x.shape[-2] // r, x.shape[-1] // r))
+                continue
+            # each skip is dropped from the list once used, so that inference frees it then
+            # (autograd keeps what backward needs either way)
+            target, stages[skip] = stages[skip], None
+            h = block(h, target, target.shape[-2:])
+            del target
         return self.head(h)
 
 
