@@ -54,6 +54,26 @@ _TERMINATED = 2
 _TRUNCATED = 4
 _VALID = 8  # sampleable: n-step window complete and history not overwritten
 _ENDED = _TERMINATED | _TRUNCATED
+STORAGES = ("cpu", "pinned", "cuda")  # where frames live / how batches reach a CUDA learner
+
+
+def replay_storage(replay_device: str, device: torch.device) -> str:
+    """The buffer's ``storage`` for ``--replay-device`` (auto: pinned for a CUDA learner, cpu
+    otherwise); an ``InputError`` when pinned / cuda are asked for without a CUDA learner."""
+    from rlgen.errors import InputError
+
+    device = torch.device(device)
+    if replay_device == "auto":
+        return "pinned" if device.type == "cuda" else "cpu"
+    if replay_device not in STORAGES:
+        raise InputError(f"--replay-device must be auto, {', '.join(STORAGES)}, "
+                         f"got {replay_device!r}")
+    if replay_device != "cpu" and device.type != "cuda":
+        raise InputError(
+            f"--replay-device {replay_device} serves a CUDA learner (page-locked staging, or "
+            f"the frames on the GPU), but this run learns on {device}: use --replay-device cpu "
+            "(or auto)")
+    return replay_device
 
 
 @dataclass
@@ -78,13 +98,19 @@ class ReplayBuffer:
     ``capacity`` counts slots over all envs (about one per transition; a new game takes
     ``frame_stack`` more). ``frame_stack`` defaults to ``obs_shape[0]`` for uint8 image
     observations ``(k, H, W)`` or ``(k, H, W, 3)`` and to 1 (no stacking) otherwise.
+
+    ``storage`` (for batches on a CUDA ``device``): ``"cpu"`` keeps the frames in host memory
+    and stages each batch through page-locked memory; ``"pinned"`` gathers a batch straight
+    into page-locked memory (one host copy fewer); ``"cuda"`` also keeps a copy of every frame
+    on the GPU (``capacity`` frames of GPU memory: 7 GB for 1M Atari frames) and gathers
+    batches there, so only slot ids cross the bus. Batches are the same in all three.
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], num_envs: int = 1, *,
                  frame_stack: int | None = None, obs_dtype=np.uint8, device="cpu",
                  n_step: int = 1, gamma: float = 0.99, prioritized: bool = False,
                  alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, storage: str = "cpu") -> None:
         obs_shape = tuple(int(d) for d in obs_shape)
         obs_dtype = np.dtype(obs_dtype)
         if not obs_shape or min(obs_shape) < 1:
@@ -100,6 +126,13 @@ class ReplayBuffer:
                              f"stack axis ({frame_stack}, ...), got {obs_shape}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        if storage != "cpu" and torch.device(device).type != "cuda":
+            raise ValueError(
+                f"replay storage {storage!r} serves a CUDA learner (page-locked staging or a "
+                f"copy of the frames on the GPU), but the batches go to {torch.device(device)}; "
+                "use storage 'cpu' (--replay-device cpu) there")
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
         if not 0.0 <= gamma <= 1.0:
@@ -137,6 +170,14 @@ class ReplayBuffer:
         self._tree = SumTree(num_envs * slots) if prioritized else None
         self.max_priority = 1.0
         self._tree_updates: list[tuple[int, float]] = []
+        self.storage = storage
+        # storage "cuda": a copy of every frame on the GPU, written as frames are added, so a
+        # batch is gathered there and only slot ids cross the bus (the host arrays stay the
+        # reference, for history checks and saving).
+        self._gpu_frames = torch.zeros((num_envs * slots, *self.frame_shape),
+                                       dtype=torch.from_numpy(self._flat[:0]).dtype,
+                                       device=self.device) if storage == "cuda" else None
+        self._gpu_rows: list[int] = []
 
     # ------------------------------------------------------------------ sizes
 
@@ -195,6 +236,19 @@ class ReplayBuffer:
             elif len(pending) >= self.n_step:
                 self._validate(e, pending.pop(0))
         self._flush_tree()
+        self._flush_gpu()
+
+    def _flush_gpu(self) -> None:
+        """Copy the frames written since the last flush to the GPU copy (storage "cuda"): one
+        pinned host block, one non-blocking copy, one indexed write."""
+        if self._gpu_frames is None or not self._gpu_rows:
+            return
+        rows = np.array(self._gpu_rows, dtype=np.int64)
+        self._gpu_rows.clear()
+        frames = torch.from_numpy(np.take(self._flat, rows, axis=0)).pin_memory()
+        rows_t = torch.from_numpy(rows).pin_memory().to(self.device, non_blocking=True)
+        self._gpu_frames.view(self._gpu_frames.shape[0], -1).index_copy_(
+            0, rows_t, frames.to(self.device, non_blocking=True))
 
     def _history_matches(self, e: int, obs: np.ndarray) -> bool:
         k, count = self.frame_stack, int(self._count[e])
@@ -225,6 +279,8 @@ class ReplayBuffer:
             for j in range(self.frame_stack + 1):
                 self._invalidate(e, (pos + j) % self.slots)
         self._frames[e, pos] = frame
+        if self._gpu_frames is not None:
+            self._gpu_rows.append(e * self.slots + pos)
         self._actions[e, pos] = action
         self._rewards[e, pos] = reward
         self._flags[e, pos] = flags
@@ -327,15 +383,14 @@ class ReplayBuffer:
         # One gather of the k + n frames from slot pos-k on holds both stacks: obs are the
         # first k, next_obs the k starting at offset `steps` (k=1: the slots pos-1 and last).
         rows = env[:, None] * s + (pos[:, None] + np.arange(-k, n)) % s
-        span = np.take(self._flat, rows.reshape(-1), axis=0).reshape(
-            batch_size, k + n, *self.frame_shape)
         scalars = np.stack([self._actions[env, pos], returns, discounts, weights], axis=1)
         aligned = n == 1 or bool((steps == n).all())  # then next_obs is a plain slice
         if self.device.type == "cuda":
-            # Two host-to-device copies (frames, scalars) from pinned staging memory, taken
-            # from torch's caching host allocator, which does not reuse a block before its
-            # copy is done; the stacks are then cut out on the device.
-            span_t = torch.from_numpy(span).pin_memory().to(self.device, non_blocking=True)
+            # Host-to-device copies from pinned staging memory, taken from torch's caching
+            # host allocator, which does not reuse a block before its copy is done; the
+            # stacks are then cut out on the device.
+            span_t = self._gather_frames_cuda(rows.reshape(-1)).view(
+                batch_size, k + n, *self.frame_shape)
             scalars_t = torch.from_numpy(scalars).pin_memory().to(self.device, non_blocking=True)
             if aligned:
                 next_obs = span_t[:, n:n + k] if k > 1 else span_t[:, n]
@@ -348,6 +403,8 @@ class ReplayBuffer:
                 else:
                     next_obs = span_t[rows_t, steps_t]
         else:
+            span = np.take(self._flat, rows.reshape(-1), axis=0).reshape(
+                batch_size, k + n, *self.frame_shape)
             span_t, scalars_t = torch.from_numpy(span), torch.from_numpy(scalars)
             if aligned:
                 next_obs = span_t[:, n:n + k] if k > 1 else span_t[:, n]
@@ -361,6 +418,22 @@ class ReplayBuffer:
             obs=obs, actions=scalars_t[:, 0].long(), rewards=scalars_t[:, 1].float(),
             next_obs=next_obs, discounts=scalars_t[:, 2].float(),
             weights=scalars_t[:, 3].float(), indices=indices)
+
+    def _gather_frames_cuda(self, rows: np.ndarray) -> torch.Tensor:
+        """The frames of slots ``rows`` on the GPU, ``(len(rows), *frame_shape)``: storage
+        "cuda" gathers them there (only the slot ids are copied); "pinned" gathers them on the
+        host straight into page-locked memory, then one non-blocking copy; "cpu" gathers into
+        pageable memory and stages that through page-locked memory (one host copy more)."""
+        if self._gpu_frames is not None:
+            rows_t = torch.from_numpy(rows).pin_memory().to(self.device, non_blocking=True)
+            return self._gpu_frames.index_select(0, rows_t)
+        if self.storage == "pinned":
+            staged = torch.empty((rows.size, *self.frame_shape),
+                                 dtype=torch.from_numpy(self._flat[:0]).dtype, pin_memory=True)
+            np.take(self._flat, rows, axis=0, out=staged.numpy().reshape(rows.size, -1))
+        else:
+            staged = torch.from_numpy(np.take(self._flat, rows, axis=0)).pin_memory()
+        return staged.view(rows.size, *self.frame_shape).to(self.device, non_blocking=True)
 
     def update_priorities(self, indices, td_errors) -> None:
         """Sets priorities ``(|td_error| + eps) ** alpha`` of sampled transitions (skipping any
@@ -429,6 +502,9 @@ class ReplayBuffer:
             self._tree = SumTree(self.num_envs * self.slots)
             live = np.flatnonzero(leaves.reshape(-1) > 0)
             self._tree.update(live, leaves.reshape(-1)[live])
+        if self._gpu_frames is not None:  # the GPU copy follows the loaded frames
+            self._gpu_rows.clear()
+            self._gpu_frames.copy_(torch.from_numpy(self._flat).view(self._gpu_frames.shape))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes ``state_dict()`` to ``path`` (.npz) atomically: temp file, fsync, rename."""
