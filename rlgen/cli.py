@@ -122,7 +122,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        help_text = _preset_help(cls, f.name, docs.get(f.name, "")).replace("%", "%%")
         tp, optional = _strip_optional(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "required": required}
         if required:
@@ -151,6 +151,30 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(*names, **kwargs)
 
 
+def _preset_help(cls: type, name: str, text: str) -> str:
+    """A field's help with what each preset sets it to (``--preset``: every preset's source
+    and fields), so no preset hides a value."""
+    from rlgen.presets import presets_of
+
+    presets = presets_of(cls)
+    if not presets:
+        return text
+    if name == "preset":
+        return f"{text}. " + "; ".join(f"{k} = {p.describe()}" for k, p in presets.items())
+    set_by = [f"{k} {p.values[name]}" for k, p in presets.items() if name in p.values]
+    return f"{text} [presets: {', '.join(set_by)}]" if set_by else text
+
+
+def _given_fields(cls: type, argv: list[str], prog: str) -> set[str]:
+    """The fields whose flags appear in ``argv`` (parsed again with every default suppressed,
+    so a flag given with its default value still counts as given)."""
+    parser = _Parser(prog=prog)
+    add_dataclass_arguments(parser, cls)
+    for action in parser._actions:  # (set_defaults would store the marker as a value)
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def _is_tuple_field(cls: type, name: str) -> bool:
     tp, _ = _strip_optional(typing.get_type_hints(cls)[name])
     return get_origin(tp) is tuple
@@ -168,6 +192,11 @@ def parse_config(cls: type, argv: list[str], prog: str) -> Any:
         elif value is None and _is_tuple_field(cls, key):
             del values[key]  # not given: the dataclass default
     try:
+        if values.get("preset") is not None:  # published settings under the flags given
+            from rlgen.presets import with_preset
+
+            given = _given_fields(cls, argv, prog)
+            return with_preset(cls, values["preset"], **{k: values[k] for k in given})
         return cls(**values)
     except ValueError as exc:  # __post_init__ validation of a flag value: input, exit status 2
         raise UsageError(f"{prog}: {_first_line(exc)}") from exc

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from rlgen.agents.dqn_eval import EpisodeRecorder, run_episodes
+from rlgen.agents.dqn_presets import DQN_PRESETS
 from rlgen.agents.qnetwork import (
     QNetwork,
     build_q_network,
+    exploration_epsilon,
     linear_schedule,
     observations_are_pixels,
     select_actions,
@@ -42,6 +44,7 @@ from rlgen.agents.qnetwork import (
     update_target,
 )
 from rlgen.errors import InputError
+from rlgen.presets import Preset, with_preset
 from rlgen.registry import TRAINERS
 
 __all__ = [
@@ -64,16 +67,22 @@ class DQNConfig:
     # Fields that define what was learned: a resumed run keeps the saved values.
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "env_id", "buffer_size", "gamma", "num_envs", "backbone", "hidden", "dueling", "n_step",
-        "prioritized", "precision", "seed")
+        "prioritized", "precision", "seed", "optimizer")
     __cli_aliases__ = {"env_id": ("--env",)}
+    presets: ClassVar[dict[str, Preset]] = DQN_PRESETS  # --preset nature|cleanrl|minatar
+
+    @classmethod
+    def from_preset(cls, name: str, /, **given: Any) -> DQNConfig:
+        """The preset ``name`` (nature, cleanrl, minatar) with the fields ``given`` over it."""
+        return with_preset(cls, name, **given)
 
     env_id: str = "ALE/Breakout-v5"
-    """gymnasium id: an Atari game (ALE/Breakout-v5, BreakoutNoFrameskip-v4) or a discrete-action
-    env such as CartPole-v1"""
+    """gymnasium id: an Atari game (ALE/Breakout-v5, BreakoutNoFrameskip-v4), a MinAtar game
+    (MinAtar/Breakout-v1; -v0 = all 6 actions) or a discrete-action env such as CartPole-v1"""
     total_timesteps: int = 10_000_000
     """agent steps (each Atari step is 4 emulator frames) summed over all envs"""
     learning_rate: float = 1e-4
-    """Adam learning rate"""
+    """learning rate of the optimizer (Adam or RMSProp)"""
     buffer_size: int = 1_000_000
     """replay capacity in transitions"""
     gamma: float = 0.99
@@ -94,6 +103,32 @@ class DQNConfig:
     """agent steps of random-ish experience collected before the first gradient step"""
     train_frequency: int = 4
     """agent steps per gradient step"""
+    # -- published settings, optimizer, exploration warm-up, MinAtar (one group) --
+    preset: Literal["nature", "cleanrl", "minatar"] | None = None
+    """published settings laid under the flags given (explicit flags win; config.json shows
+    the resolved values); see rlgen.agents.dqn_presets"""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """adam (CleanRL) or rmsprop (the Nature and MinAtar papers: torch.optim.RMSprop with
+    --rmsprop-alpha, --rmsprop-eps, --rmsprop-centered, --momentum)"""
+    rmsprop_alpha: float = 0.95
+    """RMSProp's decay of the mean squared gradient (the papers' squared gradient momentum)"""
+    rmsprop_eps: float = 0.01
+    """RMSProp's eps, added to the root of the mean square (the papers' min squared gradient)"""
+    rmsprop_centered: bool = True
+    """centered RMSProp (divide by the gradient's running standard deviation), as DQN uses"""
+    momentum: float = 0.0
+    """RMSProp momentum (MinAtar: 0.95; Nature: 0)"""
+    random_steps: int = 0
+    """agent steps played first by a uniform random policy; epsilon's schedule starts after
+    them (MinAtar: 5000, Nature: 50000, each its replay start)"""
+    exploration_steps: int | None = None
+    """agent steps over which epsilon goes from start_e to end_e after random_steps (MinAtar:
+    100000); None = exploration_fraction * total_timesteps"""
+    repeat_action_probability: float | None = None
+    """sticky actions: probability of repeating the previous action; None = the suite's default
+    (MinAtar 0.1, Atari 0.0; Machado et al. use 0.25)"""
+    difficulty_ramping: bool = True
+    """MinAtar games speed up as they go on (MinAtar's default)"""
     seed: int = 1
     """seed of the envs, the network initialization, exploration and replay sampling"""
     num_envs: int = 1
@@ -101,9 +136,11 @@ class DQNConfig:
     env_backend: str = "auto"
     """vector-env backend: auto, sync, async, ale-vector or envpool (see make_vector_env)"""
     backbone: str = "auto"
-    """registered backbone name; auto = nature_cnn for image observations, mlp for vectors"""
+    """registered backbone name; auto = nature_cnn for Atari frames, minatar_cnn for MinAtar's
+    10x10 grids, mlp for vectors"""
     hidden: int | None = None
-    """width of the Q-head's hidden layer; None = 512 (Nature) for images, 0 (linear) for mlp"""
+    """width of the Q-head's hidden layer; None = 512 (Nature) for images, 128 (MinAtar) for
+    minatar_cnn, 0 (linear) for mlp"""
     double: bool = False
     """Double DQN targets (the online network picks the next action)"""
     dueling: bool = False
@@ -205,6 +242,29 @@ class DQNConfig:
             )
         if not self.env_id:
             raise InputError("--env-id must name a gymnasium environment, got an empty string")
+        self._check_published_settings()
+
+    def _check_published_settings(self) -> None:
+        """Validation of the preset / optimizer / warm-up / MinAtar group of fields."""
+        if self.preset is not None and self.preset not in self.presets:
+            raise InputError(f"--preset must be one of {', '.join(self.presets)}, "
+                             f"got {self.preset!r}")
+        if self.optimizer not in ("adam", "rmsprop"):
+            raise InputError(f"--optimizer must be adam or rmsprop, got {self.optimizer!r}")
+        if not 0.0 <= self.rmsprop_alpha < 1.0:
+            raise InputError(f"--rmsprop-alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        if not self.rmsprop_eps > 0:
+            raise InputError(f"--rmsprop-eps must be > 0, got {self.rmsprop_eps}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.random_steps < 0:
+            raise InputError(f"--random-steps must be >= 0, got {self.random_steps}")
+        if self.exploration_steps is not None and self.exploration_steps < 0:
+            raise InputError(f"--exploration-steps must be >= 0 or None, "
+                             f"got {self.exploration_steps}")
+        p = self.repeat_action_probability
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise InputError(f"--repeat-action-probability must be in [0, 1] or None, got {p}")
 
 
 # -- what the loop carries from step to step -----------------------------------------------------
@@ -360,6 +420,31 @@ def build_networks(config: DQNConfig, obs_shape: tuple[int, ...], n_actions: int
     return q_network, target_network, *compiled
 
 
+def build_optimizer(params: Any, config: DQNConfig, device: torch.device) -> torch.optim.Optimizer:
+    """``--optimizer adam``: Adam (CleanRL), fused into one kernel on CPU / CUDA (~10x faster on
+    CPU than its Python loop); ``rmsprop``: ``torch.optim.RMSprop(lr, alpha, eps, centered,
+    momentum)`` from the ``--rmsprop-*`` / ``--momentum`` flags, as the DQN papers use it."""
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.learning_rate, alpha=config.rmsprop_alpha,
+                                   eps=config.rmsprop_eps, centered=config.rmsprop_centered,
+                                   momentum=config.momentum)
+    return torch.optim.Adam(params, lr=config.learning_rate,
+                            fused=device.type in ("cpu", "cuda"))
+
+
+def exploration_duration(config: DQNConfig) -> float:
+    """Agent steps over which epsilon anneals: ``exploration_steps``, else the fraction."""
+    if config.exploration_steps is not None:
+        return config.exploration_steps
+    return config.exploration_fraction * config.total_timesteps
+
+
+def env_options(config: DQNConfig) -> dict[str, Any]:
+    """The environment settings of the config that training and evaluation share."""
+    return {"repeat_action_probability": config.repeat_action_probability,
+            "difficulty_ramping": config.difficulty_ramping}
+
+
 def crossed(step: int, previous: int, every: int) -> bool:
     """A multiple of ``every`` lies in ``(previous, step]`` (``every == 0``: never)."""
     return every > 0 and step // every != previous // every
@@ -385,7 +470,7 @@ def train(config: DQNConfig) -> dict:
         config, device = run.config, run.device
         envs = make_vector_env(config.env_id, num_envs=config.num_envs, seed=config.seed,
                                backend=config.env_backend, training=True,
-                               capture_video=config.capture_video)
+                               capture_video=config.capture_video, **env_options(config))
         loop = LoopState(envs, config.seed, config.save_env_state)
         n_actions = int(envs.single_action_space.n)
         obs_shape = tuple(envs.obs_shape)
@@ -394,12 +479,11 @@ def train(config: DQNConfig) -> dict:
         # loop calls their torch.compile wrappers (the same modules without --compile).
         q_network, target_network, q_network_compiled, target_network_compiled = \
             build_networks(config, obs_shape, n_actions, pixels, device)
-        # Fused Adam: one kernel for all parameters instead of a Python loop (~10x on CPU).
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=config.learning_rate,
-                                     fused=device.type in ("cpu", "cuda"))
+        optimizer = build_optimizer(q_network.parameters(), config, device)
         precision = Precision(config.precision, device)
         rb = ReplayBuffer(config.buffer_size, obs_shape, config.num_envs,
                           obs_dtype=envs.single_observation_space.dtype, device=device,
+                          frame_stack=envs.frame_stack,
                           n_step=config.n_step, gamma=config.gamma,
                           prioritized=config.prioritized, alpha=config.prioritized_alpha,
                           beta=config.prioritized_beta, seed=config.seed)
@@ -436,9 +520,9 @@ def train(config: DQNConfig) -> dict:
         # 3. The loop: act, step, store, learn, sync the target, log (checkpoints: the run).
         try:
             while loop.global_step < config.total_timesteps:
-                epsilon = linear_schedule(config.start_e, config.end_e,
-                                          config.exploration_fraction * config.total_timesteps,
-                                          loop.global_step)
+                epsilon = exploration_epsilon(
+                    loop.global_step, start_e=config.start_e, end_e=config.end_e,
+                    duration=exploration_duration(config), random_steps=config.random_steps)
                 with timer("act"), torch_threads(act_threads), precision.autocast():
                     obs = torch.as_tensor(loop.obs, device=device)
                     actions = select_actions(q_network_compiled, obs, epsilon, loop.explore_rng,
@@ -536,7 +620,8 @@ def evaluate_at_end(run: Any, q_network: torch.nn.Module, config: DQNConfig,
     """Nature's evaluation protocol over ``config.eval_episodes`` full games (epsilon 0.05,
     unclipped score), logged as ``eval/episodic_return``; returns ``eval_mean`` etc."""
     result = run_episodes(q_network, config.env_id, episodes=config.eval_episodes,
-                          seed=config.seed + 10_000, device=device, precision=precision)
+                          seed=config.seed + 10_000, device=device, precision=precision,
+                          env_options=env_options(config))
     for i, episodic_return in enumerate(result["returns"]):
         run.scalar("eval/episodic_return", episodic_return, i)  # CleanRL's x-axis
     run.print(f"eval over {config.eval_episodes} episodes: mean {result['mean']:.2f} "

@@ -122,9 +122,12 @@ def run_episodes(
     video: str | Path | None = None,
     video_fps: int = 30,
     video_max_frames: int = 4500,
+    env_options: dict[str, Any] | None = None,
 ) -> dict:
     """Play ``episodes`` evaluation episodes (``training=False`` envs: full games, unclipped
-    rewards); returns returns, lengths, mean, std, min, max (and the video path)."""
+    rewards); returns returns, lengths, mean, std, min, max (and the video path).
+    ``env_options``: more ``make_vector_env`` settings, those the agent trained with (sticky
+    actions, MinAtar's difficulty ramping)."""
     from rlgen.agents.envs import make_vector_env
 
     device = torch.device(device)
@@ -132,7 +135,7 @@ def run_episodes(
     q_network.eval()
     envs = make_vector_env(env_id, num_envs=1, seed=seed, backend="sync", training=False,
                            noop_max=noop_max, max_episode_frames=max_episode_frames,
-                           capture_video=video is not None)
+                           capture_video=video is not None, **(env_options or {}))
     try:
         returns, lengths = [], []
         for k in range(episodes):
@@ -253,10 +256,14 @@ def evaluate(config: DQNEvalConfig) -> dict:
     device = resolve_device(config.device)
     q_network, state = load_q_network(config.checkpoint, device)
     env_id = config.env_id or state["config"]["env_id"]
+    saved = state["config"]  # the training run's env settings (absent in older checkpoints)
+    options = {k: saved[k] for k in ("repeat_action_probability", "difficulty_ramping")
+               if k in saved}
     result = run_episodes(q_network, env_id, episodes=config.episodes, epsilon=config.epsilon,
                           seed=config.seed, device=device, noop_max=config.noop_max,
                           max_episode_frames=config.max_episode_frames, video=config.video,
-                          video_fps=config.video_fps, video_max_frames=config.video_max_frames)
+                          video_fps=config.video_fps, video_max_frames=config.video_max_frames,
+                          env_options=options)
     line = (f"eval dqn {env_id} step {state['step']}: {config.episodes} episodes, "
             f"mean {result['mean']:.2f} std {result['std']:.2f} "
             f"min {result['min']:.2f} max {result['max']:.2f}")

@@ -29,6 +29,16 @@ that package is installed (frames stacked here with the same zero padding; ident
 for the measured differences otherwise). Lives, reward clipping and episode scores are handled in
 :class:`VecEnv` itself, identically for every backend.
 
+MinAtar (Young & Tian, "MinAtar: An Atari-Inspired Testbed for Thorough and Reproducible
+Reinforcement Learning Experiments", arXiv:1903.03176, 2019): ``MinAtar/Breakout-v1`` (and
+Asterix, Freeway, Seaquest, SpaceInvaders; ``-v0`` = all 6 actions, ``-v1`` = the game's
+minimal set) through the ``minatar`` package's gymnasium ids, registered here on first use.
+Its (10, 10, C) boolean channels-last grids become (C, 10, 10) uint8 planes of 0/1 (a view:
+the vector env's batch is the one copy per step), with no Atari preprocessing; MinAtar's own
+sticky actions (0.1) and difficulty ramping are on unless set, rewards are never clipped and
+there are no lives, so an episode is a game and its return the game's score. Frames for videos
+are drawn from the planes (one colour per channel, upscaled).
+
 Other gymnasium environments (CartPole-v1, ...) get the same interface and none of the Atari
 wrappers; their observations become float32, except uint8 (pixel) ones, which stay uint8.
 """
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +59,9 @@ from rlgen.errors import InputError
 BACKENDS = ("auto", "sync", "async", "ale-vector", "envpool")
 _ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
 _INSTALL_ATARI = 'pip install "rlgen[atari]"'
+_MINATAR_ENTRY_POINT = "minatar.gym:BaseEnv"
+_INSTALL_MINATAR = 'pip install "rlgen[minatar]"'
+MINATAR_STICKY_ACTIONS = 0.1  # MinAtar's default probability of repeating the last action
 
 
 class EnvError(InputError):
@@ -69,6 +83,19 @@ def _import_ale():
     return ale_py
 
 
+def _register_minatar() -> None:
+    """Registers MinAtar's gymnasium ids (``MinAtar/Breakout-v1`` ...): on gymnasium 1.x the
+    ``minatar`` package only does so when asked."""
+    if "MinAtar/Breakout-v1" in gym.registry:
+        return
+    try:
+        from minatar.gym import register_envs
+    except ImportError as exc:
+        raise EnvError(f"MinAtar environments need the minatar package, which is not installed "
+                       f"({exc}). Install it with: {_INSTALL_MINATAR}") from exc
+    register_envs()
+
+
 def _looks_atari(env_id: str) -> bool:
     if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
         return True
@@ -86,6 +113,8 @@ def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     except EnvError:
         if _looks_atari(env_id):
             raise
+    if env_id.startswith("MinAtar/"):
+        _register_minatar()
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
         hint = f" Closest registered ids: {', '.join(close)}." if close else ""
@@ -252,6 +281,68 @@ def make_atari_env(spec: gym.envs.registration.EnvSpec, *, frame_stack: int = 4,
                           grayscale=grayscale, fire_reset=fire_reset,
                           max_episode_frames=max_episode_frames)
     return FrameStack(env, frame_stack)
+
+
+# --------------------------------------------------------------------------- MinAtar
+
+
+# One colour per channel (RGB), in channel order; a cell shows its highest active channel.
+_PLANE_COLOURS = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255),
+], dtype=np.uint8)
+
+
+def render_planes(planes: np.ndarray, cell: int = 16) -> np.ndarray:
+    """An RGB picture ``(H * cell, W * cell, 3)`` uint8 of binary planes ``(C, H, W)``: black
+    where no channel is set, else the colour of the highest set channel (MinAtar's own
+    display draws the same way), each grid cell ``cell`` pixels wide."""
+    planes = np.asarray(planes)
+    if planes.ndim != 3 or planes.shape[0] > len(_PLANE_COLOURS):
+        raise ValueError(f"render_planes expects (C, H, W) planes with C <= "
+                         f"{len(_PLANE_COLOURS)}, got shape {planes.shape}")
+    channels = np.arange(1, planes.shape[0] + 1).reshape(-1, 1, 1)
+    top = (planes.astype(bool) * channels).max(axis=0)  # 0 = empty, c + 1 = channel c
+    palette = np.concatenate([np.zeros((1, 3), np.uint8), _PLANE_COLOURS])
+    picture = palette[top]
+    return picture.repeat(cell, axis=0).repeat(cell, axis=1)
+
+
+class MinAtarPlanes(gym.ObservationWrapper):
+    """MinAtar's (10, 10, C) bool channels-last grid as (C, 10, 10) uint8 planes of 0 / 1.
+
+    The observation is a transposed uint8 *view* of the grid the game just built (MinAtar makes
+    a new array per ``state()``), so nothing is copied here; the vector env's batch is the one
+    copy. ``render()`` draws the planes (:func:`render_planes`), so no plotting package is
+    needed for videos.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        height, width, channels = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(0, 1, (channels, height, width), dtype=np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation.view(np.uint8).transpose(2, 0, 1)
+
+    def render(self) -> np.ndarray:
+        return render_planes(self.observation(self.env.unwrapped.game.state()))
+
+
+def make_minatar_env(spec: gym.envs.registration.EnvSpec, *,
+                     repeat_action_probability: float = MINATAR_STICKY_ACTIONS,
+                     difficulty_ramping: bool = True,
+                     max_episode_frames: int = 108_000) -> gym.Env:
+    """One MinAtar env (single, not vectorized): MinAtar's game with its sticky actions and
+    difficulty ramping, observations as (C, 10, 10) uint8 planes, games cut after
+    ``max_episode_frames`` steps (a MinAtar frame is one agent step; its games have no limit
+    of their own except Freeway's 2,500 frames)."""
+    with warnings.catch_warnings():  # -v0 (all 6 actions) is no older than -v1, only wider
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        env = gym.make(spec.id, sticky_action_prob=repeat_action_probability,
+                       difficulty_ramping=difficulty_ramping, max_episode_steps=max_episode_frames)
+    return MinAtarPlanes(env)
 
 
 class _Float32Obs(gym.ObservationWrapper):
@@ -428,13 +519,16 @@ class VecEnv:
 
     def __init__(self, backend: Any, *, env_id: str, backend_name: str, num_envs: int,
                  seed: int, is_atari: bool, terminal_on_life_loss: bool,
-                 clip_rewards: bool) -> None:
+                 clip_rewards: bool, frame_stack: int | None = None) -> None:
         self._backend = backend
         self.env_id = env_id
         self.backend = backend_name
         self.num_envs = num_envs
         self.seed = seed
         self.is_atari = is_atari
+        # Frames stacked on the first observation axis (Atari: 4; MinAtar's planes: 1, they
+        # are channels, not frames); None: unknown, the replay buffer decides.
+        self.frame_stack = frame_stack
         self.terminal_on_life_loss = terminal_on_life_loss
         self.clip_rewards = clip_rewards
         self.single_observation_space = backend.single_observation_space
@@ -545,16 +639,19 @@ def _ale_vector_available() -> bool:
 def make_vector_env(env_id: str, *, num_envs: int = 1, seed: int = 0, backend: str = "auto",
                     training: bool = True, frame_stack: int = 4, frame_skip: int = 4,
                     noop_max: int = 30, screen_size: int = 84, grayscale: bool = True,
-                    repeat_action_probability: float = 0.0,
+                    repeat_action_probability: float | None = None,
                     terminal_on_life_loss: bool | None = None, fire_reset: bool = True,
                     clip_rewards: bool | None = None, max_episode_frames: int = 108_000,
-                    capture_video: bool = False) -> VecEnv:
+                    capture_video: bool = False, difficulty_ramping: bool = True) -> VecEnv:
     """Builds ``num_envs`` copies of ``env_id`` behind :class:`VecEnv`.
 
     Atari ids (``ALE/Breakout-v5``, ``BreakoutNoFrameskip-v4``, ...) get the preprocessing of
     the module docstring whatever frame skip or sticky-action default their id registers:
-    ``frame_skip`` and ``repeat_action_probability`` here win (default 0.0 as in CleanRL's
-    NoFrameskip-v4 runs; Machado et al. recommend 0.25). ``training`` switches episodic life
+    ``frame_skip`` and ``repeat_action_probability`` here win (None = 0.0 as in CleanRL's
+    NoFrameskip-v4 runs; Machado et al. recommend 0.25). MinAtar ids (``MinAtar/Breakout-v1``)
+    get MinAtar's planes, its sticky actions (``repeat_action_probability`` None = its 0.1) and
+    ``difficulty_ramping``, with ``max_episode_frames`` as their step limit and nothing else of
+    the Atari settings. ``training`` switches episodic life
     and (for Atari only) reward clipping on unless ``terminal_on_life_loss`` / ``clip_rewards``
     say otherwise.
     ``frame_stack``, ``frame_skip``, ``noop_max``, ``screen_size``, ``grayscale``,
@@ -571,10 +668,18 @@ def make_vector_env(env_id: str, *, num_envs: int = 1, seed: int = 0, backend: s
     for name, (value, low) in checks.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise EnvError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not 0.0 <= repeat_action_probability <= 1.0:
-        raise EnvError("repeat_action_probability must be in [0, 1], "
-                       f"got {repeat_action_probability}")
+    if repeat_action_probability is not None and not 0.0 <= repeat_action_probability <= 1.0:
+        raise EnvError("repeat_action_probability must be in [0, 1] (or None: the suite's "
+                       f"default), got {repeat_action_probability}")
     spec = resolve_spec(env_id)
+    if spec.entry_point == _MINATAR_ENTRY_POINT:
+        return _minatar_vector_env(spec, num_envs=num_envs, seed=seed, backend=backend,
+                                   repeat_action_probability=repeat_action_probability,
+                                   difficulty_ramping=difficulty_ramping,
+                                   max_episode_frames=max_episode_frames,
+                                   clip_rewards=bool(clip_rewards))
+    if repeat_action_probability is None:
+        repeat_action_probability = 0.0
     atari = spec.entry_point == _ATARI_ENTRY_POINT
     life_loss = training if terminal_on_life_loss is None else terminal_on_life_loss
     # Reward clipping is an Atari convention (scores differ by orders of magnitude between
@@ -638,4 +743,27 @@ def make_vector_env(env_id: str, *, num_envs: int = 1, seed: int = 0, backend: s
             return make_atari_env(spec, **atari_kwargs)
 
         impl = _GymVectorBackend([make_atari] * num_envs, asynchronous=backend == "async")
-    return VecEnv(impl, backend_name=backend, terminal_on_life_loss=life_loss, **common)
+    return VecEnv(impl, backend_name=backend, terminal_on_life_loss=life_loss,
+                  frame_stack=frame_stack, **common)
+
+
+def _minatar_vector_env(spec: gym.envs.registration.EnvSpec, *, num_envs: int, seed: int,
+                        backend: str, repeat_action_probability: float | None,
+                        difficulty_ramping: bool, max_episode_frames: int,
+                        clip_rewards: bool) -> VecEnv:
+    """``num_envs`` MinAtar games in gymnasium's sync (``auto``) or async vector env."""
+    if backend in ("ale-vector", "envpool"):
+        raise EnvError(f"backend {backend!r} runs Atari games only; {spec.id} is a MinAtar "
+                       "game (use sync or async)")
+    sticky = MINATAR_STICKY_ACTIONS if repeat_action_probability is None \
+        else repeat_action_probability
+
+    def make_minatar() -> gym.Env:
+        return make_minatar_env(spec, repeat_action_probability=sticky,
+                                difficulty_ramping=difficulty_ramping,
+                                max_episode_frames=max_episode_frames)
+
+    impl = _GymVectorBackend([make_minatar] * num_envs, asynchronous=backend == "async")
+    return VecEnv(impl, env_id=spec.id, backend_name="async" if backend == "async" else "sync",
+                  num_envs=num_envs, seed=seed, is_atari=False, terminal_on_life_loss=False,
+                  clip_rewards=clip_rewards, frame_stack=1)

@@ -36,6 +36,17 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     return start + fraction * (end - start)
 
 
+def exploration_epsilon(step: float, *, start_e: float, end_e: float, duration: float,
+                        random_steps: int = 0) -> float:
+    """Epsilon after ``step`` agent steps: 1 (a uniform random policy) for the first
+    ``random_steps`` steps, then linear from ``start_e`` to ``end_e`` over ``duration`` steps,
+    then held. ``random_steps=0`` is CleanRL's schedule (from step 0); MinAtar's is 5,000
+    random steps, then 1 -> 0.1 over 100,000 steps."""
+    if step < random_steps:
+        return 1.0
+    return linear_schedule(start_e, end_e, duration, step - random_steps)
+
+
 def td_target(
     rewards: torch.Tensor,
     discounts: torch.Tensor,
@@ -226,9 +237,12 @@ def build_q_network(
     **backbone_kwargs: Any,
 ) -> QNetwork:
     """Build a ``QNetwork`` for observations of ``obs_shape``: ``backbone="auto"`` picks
-    ``nature_cnn`` for images (C, H, W) and ``mlp`` for vectors (D,). ``pixels`` (default:
-    True for images) scales observations from [0, 255] to [0, 1] inside the network; ``hidden``
-    (default: 512 for images, 0 = a linear head for vectors) is the head's width."""
+    ``nature_cnn`` for images (C, H, W) of at least 36x36 (Atari frames), ``minatar_cnn`` for
+    smaller grids (MinAtar's 10x10 planes) and ``mlp`` for vectors (D,). ``pixels`` (default:
+    True for images, unless the backbone's ``input_is_pixels`` is False) scales observations
+    from [0, 255] to [0, 1] inside the network; ``hidden`` (default: the backbone's
+    ``head_hidden`` if it names one, 128 for ``minatar_cnn``, else 512 for images, 0 = a linear
+    head for vectors) is the head's width."""
     from rlgen.vision.backbones import create_backbone
 
     obs_shape = tuple(int(s) for s in obs_shape)
@@ -237,24 +251,35 @@ def build_q_network(
             f"DQN needs image (C, H, W) or vector (D,) observations, got shape {obs_shape}"
         )
     is_image = len(obs_shape) == 3
-    pixels = is_image if pixels is None else pixels
-    name = ("nature_cnn" if is_image else "mlp") if backbone == "auto" else backbone
+    name = auto_backbone(obs_shape) if backbone == "auto" else backbone
     if name == "nature_cnn":
         # The network scales pixels itself, in place on its own float copy (cheaper).
         backbone_kwargs.setdefault("normalize_input", False)
     net = create_backbone(name, in_channels=obs_shape[0], **backbone_kwargs)
+    if pixels is None:  # a backbone made for 0/1 planes (minatar_cnn) says so
+        pixels = is_image and getattr(net, "input_is_pixels", True)
     if hidden is None:
-        hidden = 512 if is_image else 0
+        hidden = getattr(net, "head_hidden", 512 if is_image else 0)
     return QNetwork(net, n_actions, obs_shape=obs_shape, dueling=dueling, hidden=hidden,
                     pixels=pixels)
 
 
+def auto_backbone(obs_shape: tuple[int, ...]) -> str:
+    """The backbone ``--backbone auto`` picks: ``nature_cnn`` for images of at least 36x36 (its
+    smallest input; Atari's 84x84 frames), ``minatar_cnn`` for smaller grids (MinAtar's 10x10),
+    ``mlp`` for vectors."""
+    if len(obs_shape) != 3:
+        return "mlp"
+    return "nature_cnn" if min(obs_shape[1:]) >= 36 else "minatar_cnn"
+
+
 def observations_are_pixels(space: Any) -> bool:
-    """Image observations (C, H, W) holding pixel values: uint8, or a Box whose high is 255."""
+    """Image observations (C, H, W) holding pixel values: a Box whose high reaches 255 (uint8
+    frames). MinAtar's 0/1 planes (uint8, high 1) are not pixels: they are used as they are."""
     shape = tuple(space.shape)
     if len(shape) != 3:
         return False
-    return np.dtype(space.dtype) == np.uint8 or float(np.max(space.high)) >= 255
+    return float(np.max(space.high)) >= 255
 
 
 def select_actions(

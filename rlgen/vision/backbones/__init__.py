@@ -95,6 +95,7 @@ from rlgen.vision.backbones import (  # noqa: E402, F401
     deepface,
     googlenet,
     lenet,
+    minatar_cnn,
     mlp,
     mnist_convnets,
     nature_cnn,

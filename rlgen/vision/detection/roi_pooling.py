@@ -87,8 +87,9 @@ def _check(features: Tensor, rois: Tensor) -> None:
 
 
 def _per_image(features: Tensor, rois: Tensor, out_size: tuple[int, int], pool_one) -> Tensor:
-    """Run ``pool_one(feature_map (C, H, W), boxes (k, 4))`` for the boxes of each image and
-    put the results back in the order of ``rois``."""
+    """Run ``pool_one(feature_map (C, H, W), rows (k, D))`` on the rows of ``rois`` ``(K, 1 +
+    D)`` (batch index, then boxes or per-box data) of each image and put the results back in
+    the order of ``rois``."""
     n, c = features.shape[:2]
     if rois.shape[0] == 0:
         return features.new_zeros((0, c, *out_size))
@@ -145,24 +146,35 @@ def roi_align(features: Tensor, boxes: Tensor | Sequence[Tensor],
     out_h, out_w = _pair(output_size)
     _, _, height, width = features.shape
     offset = 0.5 if aligned else 0.0
+    if rois.shape[0] == 0:
+        return features.new_zeros((0, features.shape[1], out_h, out_w))
+    b = rois[:, 1:].detach().float() * spatial_scale - offset
+    x1, y1, x2, y2 = b.unbind(1)
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # legacy: at least one cell
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio)
+        grid_w = torch.full_like(roi_w, sampling_ratio)
+    else:
+        grid_h, grid_w = torch.ceil(roi_h / out_h), torch.ceil(roi_w / out_w)
+    # the weights of every box at once; the image's rows of them picked by _per_image
+    weights = torch.cat([_align_weights(y1, roi_h, out_h, grid_h, height).flatten(1),
+                         _align_weights(x1, roi_w, out_w, grid_w, width).flatten(1)], dim=1)
+    split = out_h * height
 
-    def pool_one(fmap: Tensor, b: Tensor) -> Tensor:
-        b = b.detach().float() * spatial_scale - offset
-        x1, y1, x2, y2 = b.unbind(1)
-        roi_w, roi_h = x2 - x1, y2 - y1
-        if not aligned:  # legacy: at least one cell
-            roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-        if sampling_ratio > 0:
-            grid_h = torch.full_like(roi_h, sampling_ratio)
-            grid_w = torch.full_like(roi_w, sampling_ratio)
-        else:
-            grid_h, grid_w = torch.ceil(roi_h / out_h), torch.ceil(roi_w / out_w)
-        wy = _align_weights(y1, roi_h, out_h, grid_h, height).to(fmap.dtype)
-        wx = _align_weights(x1, roi_w, out_w, grid_w, width).to(fmap.dtype)
-        rows = torch.einsum("kph,chw->kcpw", wy, fmap)
-        return torch.einsum("kcpw,kqw->kcpq", rows, wx)
+    def pool_one(fmap: Tensor, w: Tensor) -> Tensor:
+        k, channels = w.shape[0], fmap.shape[0]
+        wy = w[:, :split].reshape(k * out_h, height).to(fmap.dtype)
+        wx = w[:, split:].reshape(k, out_w, width).to(fmap.dtype)
+        # rows[k, p, c, w] = sum_h wy[k, p, h] fmap[c, h, w]: one matrix product
+        rows = wy @ fmap.transpose(0, 1).reshape(height, channels * width)
+        # out[k, p, c, q] = sum_w rows[k, p, c, w] wx[k, q, w]: a batched one
+        out = rows.view(k, out_h * channels, width) @ wx.transpose(1, 2)
+        return out.view(k, out_h, channels, out_w).transpose(1, 2)
 
-    return _per_image(features, rois, (out_h, out_w), pool_one)
+    return _per_image(features, torch.cat([rois[:, :1].float(), weights], dim=1), (out_h, out_w),
+                      pool_one)
 
 
 # -- RoI max pooling ------------------------------------------------------------------------
