@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from rlgen.agents.cuda_graph import GraphedUpdate, check_cuda_graph, graph_stats, make_capturable
+from rlgen.agents.device_step import DeviceStep
 from rlgen.agents.dqn_eval import EpisodeRecorder, run_episodes
 from rlgen.agents.dqn_presets import DQN_PRESETS
 from rlgen.agents.qnetwork import (
@@ -43,6 +45,8 @@ from rlgen.agents.qnetwork import (
     td_target,
     update_target,
 )
+from rlgen.agents.replay import STORAGES, replay_storage
+from rlgen.agents.schedule import TARGET_SYNC, env_epsilons, learner_events
 from rlgen.errors import InputError
 from rlgen.presets import Preset, with_preset
 from rlgen.registry import TRAINERS
@@ -166,6 +170,14 @@ class DQNConfig:
     channels-last kernels run the Nature CNN update faster on CPU; tensor cores like it)"""
     compile: bool = False
     """torch.compile the Q-network"""
+    cuda_graph: bool = False
+    """replay the whole update (target and online forward, backward, optimizer step) from one
+    CUDA graph (CUDA only; not with --compile or --precision 16-mixed; see
+    rlgen.agents.cuda_graph)"""
+    replay_device: Literal["auto", "cpu", "pinned", "cuda"] = "auto"
+    """where replay batches come from for a CUDA learner: cpu (host memory, staged through
+    page-locked memory), pinned (gathered straight into page-locked memory), cuda (a copy of
+    the frames on the GPU, batches gathered there); auto = pinned on CUDA, cpu otherwise"""
     prefetch_targets: bool | None = None
     """compute the next update's target Q-values on a second CPU core while the agent acts (the
     next batch is then drawn right after an update, so it never holds the train_frequency newest
@@ -242,6 +254,9 @@ class DQNConfig:
             )
         if not self.env_id:
             raise InputError("--env-id must name a gymnasium environment, got an empty string")
+        if self.replay_device not in ("auto", *STORAGES):
+            raise InputError(f"--replay-device must be auto, {', '.join(STORAGES)}, "
+                             f"got {self.replay_device!r}")
         self._check_published_settings()
 
     def _check_published_settings(self) -> None:
@@ -386,6 +401,14 @@ def next_q_values(target_net: torch.nn.Module, online_net: torch.nn.Module | Non
     return target_q, online_q
 
 
+def full_update(q_net: torch.nn.Module, target_net: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, precision: Any, config: DQNConfig,
+                batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Target Q-values and the gradient step in one call (what ``--cuda-graph`` captures)."""
+    next_q = next_q_values(target_net, q_net if config.double else None, precision, batch)
+    return gradient_step(q_net, optimizer, precision, batch, next_q, config)
+
+
 def gradient_step(q_net: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: Any,
                   batch: Any, next_q: tuple[torch.Tensor, torch.Tensor | None],
                   config: DQNConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -481,12 +504,17 @@ def train(config: DQNConfig) -> dict:
             build_networks(config, obs_shape, n_actions, pixels, device)
         optimizer = build_optimizer(q_network.parameters(), config, device)
         precision = Precision(config.precision, device)
+        if config.cuda_graph:
+            check_cuda_graph(device, compile=config.compile, precision=config.precision)
+        # The optimizer step with its gradient check kept on the device (no per-update read).
+        updater = DeviceStep(precision, optimizer, graph_safe=config.cuda_graph)
         rb = ReplayBuffer(config.buffer_size, obs_shape, config.num_envs,
                           obs_dtype=envs.single_observation_space.dtype, device=device,
                           frame_stack=envs.frame_stack,
                           n_step=config.n_step, gamma=config.gamma,
                           prioritized=config.prioritized, alpha=config.prioritized_alpha,
-                          beta=config.prioritized_beta, seed=config.seed)
+                          beta=config.prioritized_beta, seed=config.seed,
+                          storage=replay_storage(config.replay_device, device))
         learn_threads = torch.get_num_threads()
         # One intra-op thread for the tiny acting forward: more threads only add
         # synchronisation (and stall badly when another process holds a core).
@@ -508,6 +536,12 @@ def train(config: DQNConfig) -> dict:
         if run.resumed is not None and not replay_file.restored:
             loop.buffer_start = loop.global_step  # the replay refills before learning again
         envs = loop.envs  # the restored episodes, with --save-env-state
+        graphed = None
+        if config.cuda_graph:  # after the resume: the optimizer's state moves to the GPU
+            make_capturable(optimizer)
+            graphed = GraphedUpdate(functools.partial(
+                full_update, q_network_compiled, target_network_compiled, optimizer, updater,
+                config), optimizer)
         recorder = EpisodeRecorder(run.run_dir / "videos") if config.capture_video else None
         timer = PhaseTimer("act", "env", "sample", "wait", "update")
         learning_since = None  # the timer's mark when learning began (for the time split)
@@ -517,16 +551,21 @@ def train(config: DQNConfig) -> dict:
         def beta_at(step: int) -> float:  # prioritized replay's IS exponent, annealed to 1
             return linear_schedule(config.prioritized_beta, 1.0, config.total_timesteps, step)
 
+        def epsilon_at(step: int) -> float:  # exploration epsilon after `step` agent steps
+            return exploration_epsilon(step, start_e=config.start_e, end_e=config.end_e,
+                                       duration=exploration_duration(config),
+                                       random_steps=config.random_steps)
+
         # 3. The loop: act, step, store, learn, sync the target, log (checkpoints: the run).
         try:
             while loop.global_step < config.total_timesteps:
-                epsilon = exploration_epsilon(
-                    loop.global_step, start_e=config.start_e, end_e=config.end_e,
-                    duration=exploration_duration(config), random_steps=config.random_steps)
+                epsilon = epsilon_at(loop.global_step)
                 with timer("act"), torch_threads(act_threads), precision.autocast():
                     obs = torch.as_tensor(loop.obs, device=device)
-                    actions = select_actions(q_network_compiled, obs, epsilon, loop.explore_rng,
-                                             n_actions)
+                    actions = select_actions(  # env i takes agent step global_step + i + 1
+                        q_network_compiled, obs,
+                        env_epsilons(epsilon_at, loop.global_step, config.num_envs),
+                        loop.explore_rng, n_actions)
                 with timer("env"):
                     next_obs, rewards, terminations, truncations, final_obs = envs.step(actions)
                 # final_obs is the true next observation, also for envs that just auto-reset.
@@ -544,31 +583,40 @@ def train(config: DQNConfig) -> dict:
                     run.scalar("charts/episodic_return", float(episodic_return), global_step)
                     run.scalar("charts/episodic_length", int(length), global_step)
 
-                if global_step - loop.buffer_start > config.learning_starts:
+                learning_from = loop.buffer_start + config.learning_starts
+                if global_step > learning_from:
                     if learning_since is None:
                         learning_since, learning_step0 = timer.mark(), global_step
-                    updates = global_step // config.train_frequency \
-                        - previous // config.train_frequency
-                    for _ in range(updates):
+                    # The single-env schedule over the agent steps (previous, global_step].
+                    updates = 0
+                    for at_step, event in learner_events(
+                            previous, global_step, learning_from=learning_from,
+                            train_frequency=config.train_frequency,
+                            target_frequency=config.target_network_frequency):
+                        if event == TARGET_SYNC:
+                            with prefetcher.holding():  # no target forward reads meanwhile
+                                update_target(target_network, q_network, config.tau)
+                            continue
+                        updates += 1
                         if prefetcher.pending:  # drawn right after the last update
                             with timer("wait"):
                                 batch, next_q = prefetcher.take()
                         else:
                             with timer("sample"):
-                                batch = rb.sample(config.batch_size, beta=beta_at(global_step))
+                                batch = rb.sample(config.batch_size, beta=beta_at(at_step))
                             next_q = None
                         with timer("update"):
                             torch.set_num_threads(learn_threads)
-                            if next_q is None:
-                                next_q = prefetcher.compute(batch)
-                            loss, q_taken, td_errors = gradient_step(
-                                q_network_compiled, optimizer, precision, batch, next_q, config)
+                            if graphed is not None:
+                                loss, q_taken, td_errors = graphed(batch)
+                            else:
+                                if next_q is None:
+                                    next_q = prefetcher.compute(batch)
+                                loss, q_taken, td_errors = gradient_step(
+                                    q_network_compiled, optimizer, updater, batch, next_q, config)
                             if config.prioritized:
                                 rb.update_priorities(batch.indices, td_errors.abs().cpu().numpy())
                         loop.num_updates += 1
-                    if crossed(global_step, previous, config.target_network_frequency):
-                        with prefetcher.holding():  # no target forward reads while it changes
-                            update_target(target_network, q_network, config.tau)
                     if prefetcher.enabled and updates:
                         with timer("sample"):
                             prefetcher.start(rb.sample(config.batch_size,
@@ -576,7 +624,10 @@ def train(config: DQNConfig) -> dict:
 
                 if crossed(global_step, previous, config.log_frequency):
                     sps = int((global_step - start_step) / (time.perf_counter() - start_time))
+                    updater.check()  # the loop's reads of the device: here and at checkpoints
                     log_scalars(run, loop, sps, epsilon, loss, q_taken)
+                if crossed(global_step, previous, config.checkpoint_frequency):
+                    updater.check()  # never a checkpoint of weights a NaN gradient reached
                 run.end_of_step(global_step)  # periodic checkpoint; Ctrl-C: checkpoint, stop
         finally:
             prefetcher.close()
@@ -590,10 +641,12 @@ def train(config: DQNConfig) -> dict:
             else math.nan,
             "sps": (loop.global_step - start_step) / (time.perf_counter() - start_time),
             "replay_bytes": int(rb.nbytes), "prefetch_targets": prefetch,
+            "replay_device": rb.storage, **graph_stats(graphed),
         }
         if learning_since is not None:
             metrics.update(time_split(timer.since(learning_since),
                                       loop.global_step - learning_step0))
+        updater.check()
         run.save_final(loop.global_step)
         if config.eval_episodes > 0:
             metrics.update(evaluate_at_end(run, q_network_compiled, config, device, precision))

@@ -1,7 +1,7 @@
 """Every DQN option changes what it claims to change, observed inside real ``train()`` runs.
 
 Each test spies on the pieces the loop calls (``gradient_step``, ``td_loss``,
-``update_target``, ``ReplayBuffer``, ``Precision.step``, ``clip_grad_norm_``,
+``update_target``, ``ReplayBuffer``, ``DeviceStep.step``, ``clip_grad_norm_``,
 ``torch.compile``) and checks what reached them against a hand computation on the same batch,
 so an option that ``train()`` silently ignored fails here even though the pieces' own unit
 tests (tests/agents/test_dqn.py) pass. Runs are short CartPole runs (about 60 updates) on one
@@ -140,13 +140,13 @@ class Recorder:
                 "terminated": np.array(terminations), "truncated": np.array(truncations)})
             return real_add(self, obs, actions, rewards, next_obs, terminations, truncations)
 
-        from rlgen.runtime import Precision
+        from rlgen.agents.device_step import DeviceStep
 
-        real_precision_step = Precision.step
+        real_precision_step = DeviceStep.step
 
-        def precision_step(self, loss, optimizer, clip_grad_norm=None, parameters=None):
+        def precision_step(self, loss, optimizer, clip_grad_norm=None):
             spy.backward_losses.append(loss)
-            return real_precision_step(self, loss, optimizer, clip_grad_norm, parameters)
+            return real_precision_step(self, loss, optimizer, clip_grad_norm)
 
         monkeypatch.setattr(dqn, "build_networks", build_networks)
         monkeypatch.setattr(dqn, "LoopState", LoopState)
@@ -156,7 +156,7 @@ class Recorder:
         monkeypatch.setattr(ReplayBuffer, "update_priorities", update_priorities)
         monkeypatch.setattr(ReplayBuffer, "sample", sample)
         monkeypatch.setattr(ReplayBuffer, "add", add)
-        monkeypatch.setattr(Precision, "step", precision_step)
+        monkeypatch.setattr(DeviceStep, "step", precision_step)
 
     def check_loop_used_the_target_network(self) -> None:
         """The next-state Q-values the loop used are the target network's (the one synced)."""
