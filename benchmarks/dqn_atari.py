@@ -15,7 +15,9 @@ learning from ``--learning-starts`` on, and prints one JSON object per line:
 
 Example: ``python benchmarks/dqn_atari.py --env ALE/Breakout-v5 --steps 6000
 --learning-starts 2000 --buffer-size 10000 --threads 2``. Runs on the GPU when there is one
-(``--device auto``).
+(``--device auto``); there ``--cuda-graph`` and ``--replay-device cpu|pinned|cuda`` choose the GPU
+fast path's options, e.g. ``python benchmarks/dqn_atari.py --device cuda --steps 20000
+--learning-starts 5000 --cuda-graph --replay-device cuda``.
 
 Like the ``rlgen`` command, it applies ``rlgen.openmp``'s defaults (``GOMP_SPINCOUNT=10000``)
 before torch starts; ``--no-openmp-defaults`` leaves the environment as it is, and
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last memory format (default: auto = on for images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the Q-network")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay the update from a CUDA graph (CUDA only)")
+    parser.add_argument("--replay-device", default="auto",
+                        choices=["auto", "cpu", "pinned", "cuda"],
+                        help="where a CUDA learner's replay batches come from")
     parser.add_argument("--prefetch-targets", action=argparse.BooleanOptionalAction, default=None,
                         help="target Q-values on a second core while acting (default: auto)")
     parser.add_argument("--double", action="store_true")
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             buffer_size=args.buffer_size, batch_size=args.batch_size,
             train_frequency=args.train_frequency, device=str(device), precision=args.precision,
             torch_threads=args.threads, env_backend=args.backend, num_envs=args.num_envs,
-            compile=args.compile, double=args.double, dueling=args.dueling, seed=args.seed,
+            compile=args.compile, cuda_graph=args.cuda_graph, replay_device=args.replay_device,
+            double=args.double, dueling=args.dueling, seed=args.seed,
             channels_last=args.channels_last, prefetch_targets=args.prefetch_targets,
             eval_episodes=0, checkpoint_frequency=0,
             progress=False, run_dir=run_dir,
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_envs": args.num_envs, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "channels_last": "auto" if args.channels_last is None else args.channels_last,
         "prefetch_targets": metrics["prefetch_targets"],
+        "cuda_graph": metrics["cuda_graph"], "replay_device": metrics["replay_device"],
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
     }
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
