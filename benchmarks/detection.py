@@ -72,7 +72,7 @@ def reference_batched_nms(boxes, scores, labels, threshold: float) -> torch.Tens
     kept = [torch.nonzero(labels == c).squeeze(1)[
         reference_nms(boxes[labels == c], scores[labels == c], threshold)]
         for c in labels.unique()]
-    kept = torch.cat(kept)
+    kept = torch.cat(kept).sort().values  # equal scores: the earlier box first
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
