@@ -27,7 +27,12 @@ Datasets, registered in ``rlgen.registry.DATASETS``:
 
   ``year`` 2007 (default when both are there) or 2012; ``train=True`` reads ``trainval``
   (VOC 2007: 5,011 images) and ``False`` ``test`` (4,952) for 2007, ``train`` / ``val`` for
-  2012 (its test annotations are not public); ``split=`` picks any list. VOC's ``<bndbox>``
+  2012 (its test annotations are not public); ``split=`` picks any list. ``download=True``
+  fetches the official archive holding the split when its list is missing (2007:
+  ``VOCtrainval_06-Nov-2007.tar``, 439 MB, or ``VOCtest_06-Nov-2007.tar``, 451 MB; 2012:
+  ``VOCtrainval_11-May-2012.tar``, 2 GB), MD5-checked, and extracts only the files above; an
+  archive already in ``root`` is checked (``verify=False`` skips that) and extracted. VOC's
+  ``<bndbox>``
   holds 1-based inclusive pixel indices: a box ``xmin..xmax`` covers the pixels
   ``xmin - 1 .. xmax - 1`` (0-based), so it becomes ``(xmin - 1, ymin - 1, xmax, ymax)`` here
   (as detectron2 converts it); with that, the default IoU of ``mean_average_precision`` equals
@@ -66,9 +71,14 @@ a box outside its image or inverted, or an unreadable image raises
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import sys
+import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +90,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rlgen.data.base import (
+    ChecksumError,
     DataFormatError,
     DatasetNotFoundError,
     ImageSize,
@@ -87,6 +98,7 @@ from rlgen.data.base import (
     normalize_size,
     resize_uint8,
 )
+from rlgen.data.download import download_file, mirror_urls, verify_checksum, write_atomic
 from rlgen.data.folder import load_image
 from rlgen.data.segmentation import NoImageLabelsError
 from rlgen.errors import InputError
@@ -309,6 +321,57 @@ VOC_DETECTION_CLASSES = (
     "train", "tvmonitor",
 )  # fmt: skip
 VOC_YEARS = (2007, 2012)
+# The official archives (MD5 as published with them): 2007 trainval (train / val / trainval
+# lists, 439 MB) and test (451 MB); 2012 trainval (2 GB; its test boxes are not public).
+VOC_ARCHIVES = {
+    (2007, "trainval"): ("VOCtrainval_06-Nov-2007.tar", "md5:c52e279531787c972589f7e41ab4ae64"),
+    (2007, "test"): ("VOCtest_06-Nov-2007.tar", "md5:b6e924de25625d8de591ea690078ad9f"),
+    (2012, "trainval"): ("VOCtrainval_11-May-2012.tar", "md5:6cd6e144f989b92b3379bac3b3de84fd"),
+}
+VOC_MAIN_SPLITS = ("train", "val", "trainval", "test")
+
+
+def _voc_archive(year: int, split: str) -> tuple[str, str]:
+    key = (year, "test" if split == "test" else "trainval")
+    if key not in VOC_ARCHIVES:
+        raise InputError(f"VOC {year} has no official archive with the {split!r} boxes "
+                         f"(available: {', '.join(f'{y} {s}' for y, s in VOC_ARCHIVES)})")
+    return VOC_ARCHIVES[key]
+
+
+def extract_voc_detection(archive: str | Path, root: str | Path, year: int) -> Path:
+    """Extract the detection part of an official VOC archive into ``root/VOCdevkit/VOC<year>``:
+    ``Annotations/*.xml``, ``JPEGImages/*.jpg`` and the ``ImageSets/Main/{train,val,trainval,
+    test}.txt`` lists, nothing else. Files are written under their known folder and base name
+    only (a crafted member name cannot write elsewhere), each atomically, and the split lists
+    last, so an interrupted extraction leaves no list and the next run extracts again."""
+    archive, dest = Path(archive), Path(root) / "VOCdevkit" / f"VOC{year}"
+    pattern = re.compile(rf"(?:^|/)VOC{year}/(Annotations|JPEGImages|ImageSets/Main)/([^/]+)$")
+    fix = ("delete it and re-run with --download (download=True), or copy the official "
+           "archive there")
+    lists: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                match = pattern.search(member.name)
+                if not (member.isfile() and match) or match[2].startswith("."):
+                    continue
+                folder, name = match[1], match[2]
+                if folder == "ImageSets/Main":
+                    if name[:-4] in VOC_MAIN_SPLITS and name.endswith(".txt"):
+                        lists[name] = tar.extractfile(member).read()
+                    continue
+                write_atomic(dest / folder / name, tar.extractfile(member))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataFormatError(f"{archive}: cannot extract ({describe_error(exc)}); the archive "
+                              f"is truncated, corrupt or not a tar file: {fix}") from exc
+    if not lists:
+        raise DataFormatError(f"{archive}: no VOC{year}/ImageSets/Main split list inside (not "
+                              f"an official VOC {year} archive); {fix}")
+    for name, data in lists.items():  # last: their presence means "complete"
+        write_atomic(dest / "ImageSets" / "Main" / name, io.BytesIO(data))
+    return dest
+
 
 
 def _text(node: ET.Element, path: str, where: str, fix: str) -> str:
@@ -423,24 +486,31 @@ class VOCDetection(DetectionDataset):
         split: str | None = None,
         keep_difficult: bool = True,
         limit: int | None = None,
+        verify: bool = True,
+        mirrors: Sequence[str] | None = None,
         num_workers: int | None = None,
     ):
         self.root = Path(root).expanduser()
         if year is not None and int(year) not in VOC_YEARS:
             raise InputError(f"VOC detection year must be 2007 or 2012, got {year!r}")
-        if download:
-            raise InputError(
-                "Pascal VOC detection is not downloaded automatically; get "
-                "VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar (or VOC 2012's "
-                "VOCtrainval_11-May-2012.tar) from http://host.robots.ox.ac.uk/pascal/VOC/, "
-                f"extract them into {self.root} (giving VOCdevkit/VOC2007/...), then drop "
-                "--download")
-        folder, year = self._locate(year)
+        found = self._locate(year)
+        year = found[1] if found else int(year or 2007)
         split = split or (("trainval" if train else "test") if year == 2007
                           else ("train" if train else "val"))
+        if found is None or not (found[0] / "ImageSets" / "Main" / f"{split}.txt").is_file():
+            archive = self._archive(year, split, download, verify, mirrors)
+            if archive is not None:
+                extract_voc_detection(archive, self.root, year)
+                found = self._locate(year)
+        if found is None:
+            raise DatasetNotFoundError(
+                f"Pascal VOC {year} not found: no {self.root / 'VOCdevkit' / f'VOC{year}'} and "
+                f"no archive in {self.root}; re-run with --download (download=True) to fetch "
+                f"{_voc_archive(year, split)[0]}, or extract the official VOC archives there")
+        folder = found[0]
         self.year, self.split = year, split
-        fix = (f"the VOC folder {folder} is incomplete or damaged: extract the official VOC "
-               f"{year} archives there again")
+        fix = (f"the VOC folder {folder} is incomplete or damaged: re-run with --download "
+               f"(download=True) or extract the official VOC {year} archives there again")
         listed = folder / "ImageSets" / "Main" / f"{split}.txt"
         if not listed.is_file():
             raise DatasetNotFoundError(f"{listed} is missing (no {split!r} split list); {fix}")
@@ -479,21 +549,38 @@ class VOCDetection(DetectionDataset):
         super().__init__(torch.from_numpy(images), targets, classes=VOC_DETECTION_CLASSES,
                          transform=transform, name=f"VOC {year} {split}")
 
-    def _locate(self, year: int | None) -> tuple[Path, int]:
-        years = (int(year),) if year is not None else VOC_YEARS
-        for y in years:
+    mirrors: Sequence[str] = ("http://host.robots.ox.ac.uk/pascal/VOC/voc{year}/",
+                              "https://pjreddie.com/media/files/")
+
+    def _locate(self, year: int | None) -> tuple[Path, int] | None:
+        for y in (int(year),) if year is not None else VOC_YEARS:
             for folder in (self.root / "VOCdevkit" / f"VOC{y}", self.root / f"VOC{y}"):
                 if (folder / "Annotations").is_dir():
                     return folder, y
-        if year is not None and (self.root / "Annotations").is_dir():
-            return self.root, int(year)
         if (self.root / "Annotations").is_dir():
-            return self.root, 2007
-        raise DatasetNotFoundError(
-            f"Pascal VOC {year or '2007/2012'} not found: no "
-            f"{self.root / 'VOCdevkit' / f'VOC{years[0]}' / 'Annotations'}; extract the official "
-            f"VOC archives (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar) into "
-            f"{self.root}")
+            return self.root, int(year or 2007)
+        return None
+
+    def _archive(self, year: int, split: str, download: bool, verify: bool,
+                 mirrors: Sequence[str] | None) -> Path | None:
+        """The official archive holding ``split``, in ``root`` (checked) or downloaded."""
+        name, checksum = _voc_archive(year, split)
+        archive = self.root / name
+        if archive.is_file():
+            if verify:
+                try:
+                    verify_checksum(archive, checksum)
+                except ChecksumError:
+                    if not download:
+                        raise
+                    print(f"{archive} fails its checksum; downloading it again", file=sys.stderr)
+                    archive.unlink()
+            if archive.is_file():
+                return archive
+        if not download:
+            return None
+        urls = mirror_urls([m.format(year=year) for m in (mirrors or self.mirrors)], name)
+        return download_file(urls, archive, checksum)
 
 
 @DATASETS.register("voc-detection")

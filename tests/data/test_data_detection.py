@@ -3,7 +3,10 @@ generated det-shapes, the padded batch format and the on-device flip / zoom of b
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rlgen.data import load_dataset
-from rlgen.data.base import DataFormatError, DatasetNotFoundError
+from rlgen.data import detection, load_dataset
+from rlgen.data.base import ChecksumError, DataFormatError, DatasetNotFoundError
 from rlgen.data.detection import (
     DET_SHAPE_CLASSES,
     VOC_DETECTION_CLASSES,
@@ -80,8 +83,9 @@ def test_voc_splits_and_errors(tmp_path):
         load_dataset("voc-detection", root=tmp_path, train=True)
     with pytest.raises(DatasetNotFoundError, match="not found"):
         load_dataset("voc-detection", root=tmp_path / "nowhere")
-    with pytest.raises(InputError, match="not downloaded automatically"):
-        load_dataset("voc-detection", root=tmp_path, download=True)
+    with pytest.raises(InputError, match="VOC 2012 has no official archive with the 'test'"):
+        load_dataset("voc-detection", root=tmp_path / "nowhere", year=2012, split="test",
+                     download=True)
     xml = folder / "Annotations" / "a.xml"
     good = xml.read_text()
     for text, message in [
@@ -227,3 +231,52 @@ def test_augment_zoom_maps_boxes_onto_the_resampled_pixels():
         assert abs(cols.min() - x1) <= 1 and abs(cols.max() + 1 - x2) <= 1
     with pytest.raises(ValueError, match="0 < low <= high"):
         DetectionAugment(scale=(1.5, 1.2))
+
+
+def voc_tar(tmp_path: Path, truncate: bool = False) -> bytes:
+    """An archive in the official layout (VOCdevkit/VOC2007/...) with a per-class list and a
+    member whose name tries to leave the folder, both to be skipped."""
+    folder = write_voc(tmp_path / "src", {"000001": [("cat", 2, 2, 10, 10, False)],
+                                          "000002": [("bus", 5, 5, 30, 20, True)]})
+    (folder / "ImageSets" / "Main" / "cat_trainval.txt").write_text("000001  1\n")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(folder.parent, arcname="VOCdevkit")
+        evil = b"gotcha"
+        info = tarfile.TarInfo("../VOC2007/Annotations/../../gotcha")
+        info.size = len(evil)
+        tar.addfile(info, io.BytesIO(evil))
+    data = buffer.getvalue()
+    return data[: len(data) // 2] if truncate else data
+
+
+def test_voc_archive_is_checked_extracted_and_downloaded(tmp_path, http_server, monkeypatch):
+    name = "VOCtrainval_06-Nov-2007.tar"
+    data = voc_tar(tmp_path)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / name).write_bytes(data)
+    with pytest.raises(ChecksumError, match=name):
+        load_dataset("voc-detection", root=local)  # not the official archive
+    ds = load_dataset("voc-detection", root=local, verify=False, image_size=20)
+    assert ds.ids == ["000001", "000002"] and ds.targets[1]["difficult"].tolist() == [True]
+    main = local / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    assert sorted(p.name for p in main.iterdir()) == ["trainval.txt"]  # no per-class lists
+    assert not list(tmp_path.glob("**/gotcha"))
+
+    (http_server.dir / name).write_bytes(data)
+    monkeypatch.setitem(detection.VOC_ARCHIVES, (2007, "trainval"),
+                        (name, "md5:" + hashlib.md5(data).hexdigest()))
+    fresh = tmp_path / "fresh"
+    ds = load_dataset("voc-detection", root=fresh, download=True, mirrors=[http_server.url],
+                      image_size=20)
+    assert len(ds) == 2 and (fresh / name).is_file()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / name).write_bytes(voc_tar(tmp_path / "b", truncate=True))
+    with pytest.raises(DataFormatError, match=f"{name}: ") as info:
+        load_dataset("voc-detection", root=broken, verify=False)
+    assert "\n" not in str(info.value)
+    assert not (broken / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt"
+                ).exists()  # the lists come last: nothing claims to be complete
