@@ -505,3 +505,20 @@ def test_unet_decoder_reads_every_skip(encoder):
                 assert not torch.allclose(model(x), out), k
             finally:
                 del model.encoder.forward_stages
+
+
+@pytest.mark.parametrize("encoder", [None, "resnet18"])
+def test_unet_forward_is_its_blocks_forward_chained(encoder):
+    """UNet.forward_padded writes UNetUp.forward's steps out (so that inference frees each
+    skip once concatenated): the same numbers as calling the blocks one after another."""
+    torch.manual_seed(0)
+    kw = {"base_channels": 4} if encoder is None else {"decoder_channels": (8, 8, 8, 8, 8)}
+    model = build_segmentation_model("unet", 3, encoder=encoder, **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = model.encoder.forward_stages(x)
+        h = stages[-1]
+        for block, (r, skip) in zip(model.decoder, model.levels):
+            h = block(h, stages[skip] if skip is not None else None,
+                      stages[skip].shape[-2:] if skip is not None else (64 // r, 64 // r))
+        torch.testing.assert_close(model(x), model.head(h), rtol=0, atol=0)

@@ -471,8 +471,8 @@ class UNetUp(nn.Module):
             self.up = None  # interpolation, in forward (to the skip's exact size)
         self.convs = DoubleConv(in_channels + skip_channels, out_channels, batch_norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None,
-                size: Sequence[int]) -> torch.Tensor:
+    def upsample(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``x`` brought to ``size``: the transposed conv, or interpolation."""
         size = tuple(size)
         if self.mode == "transpose":
             x = self.up(x)
@@ -482,9 +482,12 @@ class UNetUp(nn.Module):
             mode = "nearest" if self.mode == "nearest" else "bilinear"
             x = F.interpolate(x, size=size, mode=mode,
                               **({} if mode == "nearest" else {"align_corners": False}))
-        if skip is not None:
-            x = torch.cat([skip, x], dim=1)
-        return self.convs(x)
+        return x
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None,
+                size: Sequence[int]) -> torch.Tensor:
+        x = self.upsample(x, size)
+        return self.convs(x if skip is None else torch.cat([skip, x], dim=1))
 
 
 #: segmentation_models_pytorch's Unet decoder widths (one per step), 16 for any further step
@@ -551,17 +554,18 @@ class UNet(SegmentationModel):
         self.head = nn.Conv2d(channels, num_classes, 1)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        # The steps of UNetUp.forward, written out so that no reference outlives its use: each
+        # skip leaves the list once concatenated and the upsampled map is a temporary, so in
+        # inference both are freed before the convs run (autograd keeps what backward needs).
         stages = list(self.encoder.forward_stages(x))
         h, stages[-1] = stages[-1], None
         for block, (r, skip) in zip(self.decoder, self.levels):
             if skip is None:
-                h = block(h, None, (x.shape[-2] // r, x.shape[-1] // r))
+                h = block.convs(block.upsample(h, (x.shape[-2] // r, x.shape[-1] // r)))
                 continue
-            # each skip is dropped from the list once used, so that inference frees it then
-            # (autograd keeps what backward needs either way)
-            target, stages[skip] = stages[skip], None
-            h = block(h, target, target.shape[-2:])
-            del target
+            h = torch.cat([stages[skip], block.upsample(h, stages[skip].shape[-2:])], dim=1)
+            stages[skip] = None
+            h = block.convs(h)
         return self.head(h)
 
 
