@@ -24,6 +24,28 @@ from rlgen.errors import InputError
 from rlgen.registry import TOOLS, TRAINERS
 from rlgen.training import TrainConfig, TrainingRun, check, total_steps
 
+#: the datasets with captions that rlgen ships (a plugin's dataset with ``captions`` works too)
+CAPTION_DATASETS = ("coco-captions", "flickr8k", "caption-shapes")
+#: short names accepted by ``--dataset`` (``shapes`` alone is the classification dataset)
+DATASET_ALIASES = {"coco": "coco-captions", "shapes": "caption-shapes"}
+
+
+def dataset_name(name: str) -> str:
+    """The registered name of a captioning ``--dataset`` (``coco`` and ``shapes`` are short for
+    ``coco-captions`` and ``caption-shapes``)."""
+    return DATASET_ALIASES.get(name, name)
+
+
+def _check_caption_dataset(name: str) -> None:
+    """Refuse, before reading anything, a built-in dataset without captions (a plugin's is
+    checked once loaded: it must have ``captions``)."""
+    from rlgen.registry import DATASETS
+
+    builder = DATASETS.get(name)  # an unknown name lists the closest ones
+    if name not in CAPTION_DATASETS and getattr(builder, "__module__", "").startswith("rlgen."):
+        raise InputError(f"--dataset {name} has no captions; use {', '.join(CAPTION_DATASETS)} "
+                         f"(or coco, shapes for short)")
+
 
 @dataclass
 class CaptioningConfig(TrainConfig):
@@ -31,10 +53,11 @@ class CaptioningConfig(TrainConfig):
 
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         *TrainConfig.fixed_on_resume, "dataset", "image_size", "encoder", "rnn", "embed_dim",
-        "hidden_dim", "num_layers", "min_count", "max_length")
+        "hidden_dim", "num_layers", "min_count", "max_length", "image_norm")
 
     dataset: str = "caption-shapes"
-    """dataset with captions: coco-captions, flickr8k, caption-shapes"""
+    """dataset with captions: coco-captions (coco), flickr8k, caption-shapes (shapes: the
+    generated scenes)"""
     data_root: str = "data"
     """directory holding the dataset files"""
     download: bool = False
@@ -58,6 +81,8 @@ class CaptioningConfig(TrainConfig):
     """recurrent memory size (NIC: 512)"""
     num_layers: int = 1
     """stacked recurrent layers"""
+    image_norm: bool = True
+    """batch norm on the projected image vector (--no-image-norm: NIC's plain projection)"""
     dropout: float = 0.5
     """dropout on the embeddings and the recurrent outputs"""
     min_count: int = 1
@@ -75,7 +100,11 @@ class CaptioningConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.dataset = dataset_name(self.dataset)
         check(self.rnn in ("lstm", "gru"), f"--rnn must be lstm or gru, got {self.rnn!r}")
+        check(self.image_size is None or self.image_size >= 16,
+              f"--image-size must be >= 16 pixels (or omitted: the dataset's), got "
+              f"{self.image_size}")
         for name in ("embed_dim", "hidden_dim", "num_layers", "min_count", "max_length",
                      "beam_size"):
             value = getattr(self, name)
@@ -87,7 +116,11 @@ class CaptioningConfig(TrainConfig):
               f"--fine-tune-from must be >= 0, got {self.fine_tune_from}")
         check(not (self.freeze_encoder and self.fine_tune_from is not None),
               "give --freeze-encoder or --fine-tune-from N, not both")
+        check(not self.image_norm or self.batch_size >= 2,
+              "--image-norm needs --batch-size >= 2 (batch statistics); or --no-image-norm")
         check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
+        check(self.length_penalty >= 0,
+              f"--length-penalty must be >= 0, got {self.length_penalty}")
 
 
 def _freeze_spec(config: CaptioningConfig) -> str | None:
@@ -147,13 +180,14 @@ def train(config: CaptioningConfig, progress: bool | None = None) -> dict[str, A
 
     with TrainingRun("captioning", config, progress=progress) as run:
         config = run.config  # with --resume: the saved config and the flags given now
+        _check_caption_dataset(config.dataset)
         kwargs = dict(root=config.data_root, download=config.download,
                       image_size=config.image_size)
         train_set = load_dataset(config.dataset, train=True, **kwargs)
         test_set = load_dataset(config.dataset, train=False, **kwargs)
         if not hasattr(train_set, "captions"):
-            raise InputError(f"--dataset {config.dataset} has no captions; use coco-captions, "
-                             f"flickr8k or caption-shapes")
+            raise InputError(f"--dataset {config.dataset} has no captions (a dataset for "
+                             f"captioning needs .captions); use {', '.join(CAPTION_DATASETS)}")
         vocab = Vocabulary.build(train_set.captions, min_count=config.min_count)
         image_index, texts = train_set.caption_pairs()
         tokens, lengths = vocab.encode_batch(texts, max_length=config.max_length)
@@ -163,7 +197,7 @@ def train(config: CaptioningConfig, progress: bool | None = None) -> dict[str, A
             config.encoder, vocab, config.embed_dim, config.hidden_dim, config.rnn,
             config.num_layers, config.dropout, weights=config.encoder_weights,
             freeze=_freeze_spec(config), in_channels=train_set.channels,
-            normalize=normalize).to(run.device)
+            normalize=normalize, image_norm=config.image_norm).to(run.device)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                      lr=config.learning_rate)
         precision = Precision(config.precision, run.device)
@@ -175,7 +209,8 @@ def train(config: CaptioningConfig, progress: bool | None = None) -> dict[str, A
 
         run.start(total_steps(config, data.steps_per_epoch),
                   {"model": model, "optimizer": optimizer, "precision": precision},
-                  meta={"vocab": vocab.state_dict(), "model_config": model.config},
+                  meta={"vocab": vocab.state_dict(), "model_config": model.config,
+                        "image_size": list(train_set.image_size)},
                   items_per_step=data.batch_size, items_name="captions")
         net = run.prepare(model, channels_last=False)
         step = run.start_step
@@ -250,7 +285,7 @@ def load_captioner(path: str | Path, device: str | torch.device = "cpu"):
         settings["encoder"], vocab, settings["embed_dim"], settings["hidden_dim"],
         settings["rnn"], settings["num_layers"], settings["dropout"],
         in_channels=settings["in_channels"], normalize=normalize,
-        **settings.get("backbone_kwargs", {}))
+        image_norm=settings.get("image_norm", False), **settings.get("backbone_kwargs", {}))
     model.load_state_dict(state["state"]["model"])
     return model.to(device).eval(), vocab, {**state, "path": str(path)}
 
@@ -281,6 +316,12 @@ class CaptioningEvalConfig:
     def __post_init__(self) -> None:
         check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
         check(self.beam_size >= 1, f"--beam-size must be >= 1, got {self.beam_size}")
+        check(self.max_length is None or self.max_length >= 1,
+              f"--max-length must be >= 1, got {self.max_length}")
+        check(self.length_penalty >= 0,
+              f"--length-penalty must be >= 0, got {self.length_penalty}")
+        if self.dataset is not None:
+            self.dataset = dataset_name(self.dataset)
         check(self.num_images is None or self.num_images >= 1,
               f"--num-images must be >= 1, got {self.num_images}")
 
@@ -330,6 +371,9 @@ class CaptionConfig:
         check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
         check(bool(self.image), "--image is required (one or more image files)")
         check(self.beam_size >= 1 and self.top >= 1, "--beam-size and --top must be >= 1")
+        check(self.max_length >= 1, f"--max-length must be >= 1, got {self.max_length}")
+        check(self.length_penalty >= 0,
+              f"--length-penalty must be >= 0, got {self.length_penalty}")
 
 
 def caption(config: CaptionConfig) -> dict[str, Any]:
@@ -338,18 +382,13 @@ def caption(config: CaptionConfig) -> dict[str, Any]:
     from rlgen.runtime import resolve_device
 
     model, vocab, state = load_captioner(config.checkpoint, resolve_device(config.device))
-    settings, trained = state["meta"]["model_config"], state["config"]
-    side = trained.get("image_size")
+    settings = state["meta"]["model_config"]
+    size = tuple(state["meta"]["image_size"])  # (H, W) the model was trained on
     mode = "L" if settings["in_channels"] == 1 else "RGB"
     device = next(model.parameters()).device
     results = {}
     for path in config.image:
-        if side is None:
-            from rlgen.data import load_dataset
-
-            side = load_dataset(trained["dataset"], train=False,
-                                root=trained.get("data_root", "data")).image_size[0]
-        image = torch.as_tensor(load_image(path, mode=mode, size=(side, side)).copy())
+        image = torch.as_tensor(load_image(path, mode=mode, size=size).copy())
         found = model.beam_search(image[None].to(device).float().div_(255.0), config.beam_size,
                                   config.max_length, config.length_penalty,
                                   num_return=min(config.top, config.beam_size))[0]
