@@ -271,7 +271,9 @@ def test_a_registered_tool_is_a_command_of_its_own(capsys):
         assert main(["echo_tool", "--nope", "1"]) == 2
         assert "rlgen echo_tool: unrecognized arguments: --nope" in capsys.readouterr().err
         assert main(["nosuchtool"]) == 2
-        assert "unknown command 'nosuchtool'; choose from train, eval, sample, predict, list, " \
-               "echo_tool" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "unknown command 'nosuchtool'; choose from train, eval, sample, predict, list, " in err
+        tools = err.split("choose from train, eval, sample, predict, list, ")[1].split("\n")[0]
+        assert {"echo_tool", "caption", "style"} <= set(tools.replace(",", " ").split()), err
     finally:
         TOOLS.unregister("echo_tool")
