@@ -44,9 +44,10 @@ floating-point results are the same bit for bit, with these documented conventio
   ``exp``).
 
 Everything runs on the tensors' device. NMS works on blocks of 256 boxes in score order, each
-checked at once against the boxes kept so far and then resolved within itself (a few host
-syncs per block), with the kernel's arithmetic pair by pair, so the kept set is the greedy
-scan's exactly.
+checked at once against the boxes kept so far and then resolved within itself by the greedy
+scan over its 256 x 256 suppression matrix on the host (one host sync per block, as
+torchvision's CUDA kernel scans its suppression bit masks on the host), with the kernel's
+arithmetic pair by pair, so the kept set is the greedy scan's exactly.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -207,10 +209,33 @@ def _suppression(rows: Tensor, cols: Tensor, thr: float) -> Tensor:
     xx2 = torch.where(jx2 < ix2, jx2, ix2)
     yy2 = torch.where(jy2 < iy2, jy2, iy2)
     zero = torch.zeros((), dtype=rows.dtype, device=rows.device)
-    dw, dh = xx2 - xx1, yy2 - yy1
-    inter = torch.where(zero < dw, dw, zero) * torch.where(zero < dh, dh, zero)
-    ovr = inter / (iarea + jarea - inter)
-    return ovr.double() > thr  # the kernel's threshold is a double
+    dw, dh = xx2.sub_(xx1), yy2.sub_(yy1)
+    inter = torch.where(zero < dw, dw, zero).mul_(torch.where(zero < dh, dh, zero))
+    ovr = inter / (iarea + jarea).sub_(inter)
+    return ovr > _threshold_below(thr, rows.dtype)
+
+
+def _threshold_below(thr: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value ``t <= thr``: for an IoU ``x`` of that dtype, ``x > t``
+    exactly when ``x > thr`` in double precision (the kernel's comparison), without
+    converting the IoU matrix to float64."""
+    if dtype == torch.float64:
+        return thr
+    t = np.float32(thr)
+    if float(t) > thr:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return float(t)
+
+
+def _scan(later: np.ndarray) -> np.ndarray:
+    """The greedy scan over one block: ``later[i, j]`` (``j > i``) says box ``i`` would
+    suppress box ``j``; visiting the boxes in order, a box not yet suppressed is kept and
+    suppresses its row. On the host, one short vector operation per kept box."""
+    keep = np.ones(later.shape[0], dtype=bool)
+    for i in range(later.shape[0]):
+        if keep[i]:
+            keep[i + 1:] &= ~later[i, i + 1:]
+    return keep
 
 
 def _greedy_nms(boxes: Tensor, order: Tensor, iou_threshold: float,
@@ -218,9 +243,8 @@ def _greedy_nms(boxes: Tensor, order: Tensor, iou_threshold: float,
     """The kept set of torchvision's CPU kernel scanning ``order`` (``classes``: suppress
     only within a class), computed block by block: the boxes of a block (in score order)
     first meet every box kept before the block, then the survivors are resolved among
-    themselves by iterating ``keep_j = not any_i<j (keep_i and suppresses(i, j))`` to its
-    fixed point, which is the greedy scan's answer (each pass fixes one more box at least;
-    the answer is the unique solution). Same IoU arithmetic as the kernel, pair by pair."""
+    themselves by the greedy scan on the host over their suppression matrix (``_scan``).
+    Same IoU arithmetic as the kernel, pair by pair."""
     if boxes.dtype in (torch.float16, torch.bfloat16):
         boxes = boxes.float()
     sorted_boxes = boxes[order]
@@ -242,13 +266,8 @@ def _greedy_nms(boxes: Tensor, order: Tensor, iou_threshold: float,
         later = _suppression(data[block], data[block], iou_threshold).triu_(1)
         if cls is not None:
             later &= cls[block][:, None] == cls[block][None, :]
-        keep = torch.ones(block.numel(), dtype=torch.bool, device=boxes.device)
-        while True:
-            new = ~(later & keep[:, None]).any(0)
-            if torch.equal(new, keep):
-                break
-            keep = new
-        kept = torch.cat([kept, block[keep]])
+        keep = _scan(later.cpu().numpy())
+        kept = torch.cat([kept, block[torch.from_numpy(keep).to(boxes.device)]])
     return order[kept]
 
 
