@@ -171,3 +171,14 @@ def test_encoder_weights_load_whole_or_not_at_all(tmp_path):
     with pytest.raises(WeightsError, match="does not fit the segnet encoder 'vgg_slim_bn'.*"
                                            "features.1.running_mean"):
         build_model(config, 3, 3)
+
+
+def test_dataset_shapes_is_short_for_seg_shapes():
+    """The issue's `--dataset shapes` (the registry's `shapes` is the classification set)."""
+    from rlgen.cli import parse_config
+    from rlgen.vision.segmentation.train import SegmentationEvalConfig
+
+    config = parse_config(SegmentationConfig, ["--dataset", "shapes"], "rlgen train segmentation")
+    assert config.dataset == "seg-shapes"
+    assert SegmentationEvalConfig(checkpoint="run", dataset="shapes").dataset == "seg-shapes"
+    assert SegmentationConfig(dataset="voc").dataset == "voc"

@@ -36,6 +36,9 @@ from rlgen.vision.segmentation.metrics import (
     segmentation_scores,
 )
 
+#: short names accepted by ``--dataset`` (``shapes`` alone is the classification dataset)
+DATASET_ALIASES = {"shapes": "seg-shapes"}
+
 
 @dataclass
 class SegmentationConfig(TrainConfig):
@@ -57,7 +60,7 @@ class SegmentationConfig(TrainConfig):
     """classifier weights for the encoder: a file (rlgen or torchvision format) or
     torchvision:NAME"""
     dataset: str = "seg-shapes"
-    """dataset with per-pixel masks: voc, camvid, seg-shapes"""
+    """dataset with per-pixel masks: voc, camvid, seg-shapes (or shapes, short for seg-shapes)"""
     data_root: str = "data"
     """directory holding the dataset files"""
     download: bool = False
@@ -92,6 +95,7 @@ class SegmentationConfig(TrainConfig):
         from rlgen.registry import SEGMENTATION_MODELS
 
         SEGMENTATION_MODELS.get(self.model)  # unknown names fail now, listing the closest
+        self.dataset = DATASET_ALIASES.get(self.dataset, self.dataset)
         check(self.learning_rate > 0 and math.isfinite(self.learning_rate),
               f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         check(self.optimizer in ("sgd", "adam"),
@@ -363,6 +367,8 @@ class SegmentationEvalConfig:
     def __post_init__(self) -> None:
         check(bool(self.checkpoint), "--checkpoint is required (a checkpoint file or run dir)")
         check(self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}")
+        if self.dataset is not None:
+            self.dataset = DATASET_ALIASES.get(self.dataset, self.dataset)
 
 
 def evaluate(config: SegmentationEvalConfig) -> dict[str, Any]:
