@@ -238,37 +238,30 @@ def _scan(later: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _greedy_nms(boxes: Tensor, order: Tensor, iou_threshold: float,
-                classes: Tensor | None) -> Tensor:
-    """The kept set of torchvision's CPU kernel scanning ``order`` (``classes``: suppress
-    only within a class), computed block by block: the boxes of a block (in score order)
-    first meet every box kept before the block, then the survivors are resolved among
-    themselves by the greedy scan on the host over their suppression matrix (``_scan``).
-    Same IoU arithmetic as the kernel, pair by pair."""
+def _greedy_nms(boxes: Tensor, order: Tensor, iou_threshold: float) -> Tensor:
+    """The positions in ``order`` that torchvision's CPU kernel keeps scanning ``order``,
+    computed block by block: the boxes of a block (in score order) first meet every box kept
+    before the block, then the survivors are resolved among themselves by the greedy scan on
+    the host over their suppression matrix (``_scan``). Same IoU arithmetic as the kernel,
+    pair by pair."""
     if boxes.dtype in (torch.float16, torch.bfloat16):
         boxes = boxes.float()
     sorted_boxes = boxes[order]
     x1, y1, x2, y2 = sorted_boxes.unbind(1)
     area = (x2 - x1) * (y2 - y1)  # the kernel's areas_t, in the boxes' dtype
     data = torch.stack([x1, y1, x2, y2, area], dim=1)
-    cls = classes[order] if classes is not None else None
     n = order.numel()
-    kept = torch.empty(0, dtype=torch.int64, device=boxes.device)  # positions in ``order``
+    kept = torch.empty(0, dtype=torch.int64, device=boxes.device)
     for start in range(0, n, _NMS_BLOCK):
         block = torch.arange(start, min(start + _NMS_BLOCK, n), device=boxes.device)
         if kept.numel():
-            suppressed = _suppression(data[kept], data[block], iou_threshold)
-            if cls is not None:
-                suppressed &= cls[kept][:, None] == cls[block][None, :]
-            block = block[~suppressed.any(0)]
+            block = block[~_suppression(data[kept], data[block], iou_threshold).any(0)]
         if not block.numel():
             continue
         later = _suppression(data[block], data[block], iou_threshold).triu_(1)
-        if cls is not None:
-            later &= cls[block][:, None] == cls[block][None, :]
         keep = _scan(later.cpu().numpy())
         kept = torch.cat([kept, block[torch.from_numpy(keep).to(boxes.device)]])
-    return order[kept]
+    return kept
 
 
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
@@ -293,7 +286,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, stable: bool = T
     _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _greedy_nms(boxes, _score_order(scores, stable), float(iou_threshold), None)
+    order = _score_order(scores, stable)
+    return order[_greedy_nms(boxes, order, float(iou_threshold))]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *,
@@ -309,8 +303,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         raise ValueError(f"idxs must have shape ({boxes.shape[0]},), got {tuple(idxs.shape)}")
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _greedy_nms(boxes, _score_order(scores, stable), float(iou_threshold),
-                       idxs.to(boxes.device))
+    order = _score_order(scores, stable)
+    sorted_classes = idxs.to(boxes.device)[order]
+    kept = []  # positions in ``order``, class by class (each class its own greedy scan)
+    for c in torch.unique(sorted_classes):
+        positions = (sorted_classes == c).nonzero().squeeze(1)
+        kept.append(positions[_greedy_nms(boxes, order[positions], float(iou_threshold))])
+    return order[torch.cat(kept).sort().values]
 
 
 # -- Faster R-CNN box coding ---------------------------------------------------------------
