@@ -1,6 +1,5 @@
-"""rlgen's segmentation figures against torchmetrics' (``pip install torchmetrics``; not in
-rlgen's CI, so outside ``tests/``): ``python -m pytest optional_tests -q``. Fails, never skips,
-without torchmetrics.
+"""rlgen's segmentation figures against torchmetrics' (in the ``dev`` extra, so CI runs this;
+it fails, never skips, without torchmetrics).
 
 Measured with torchmetrics 1.9.0: ``mean_iou`` equals ``MulticlassJaccardIndex(average=
 "macro")`` (a class absent from both truth and predictions is left out of the mean, as here),
