@@ -23,7 +23,7 @@ Printed, one JSON object per line (``{"benchmark": "dqn_minatar", "metric", "val
 The paper reports its DQN results at 5M frames as learning curves (its results figure), not as
 a table of numbers; none are quoted here (``paper_dqn_5m`` is null) rather than figures read
 off a plot. The full run: ``python benchmarks/dqn_minatar.py --games all --frames 5000000
---seeds 5``. ``--quick``: one game, 1,200 frames (learning from frame 200), for the smoke test.
+--seeds 5``. ``--quick``: one game, 600 frames (learning from frame 400), for the smoke test.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def train_one(env_id: str, frames: int, seed: int, args: argparse.Namespace,
     from rlgen.agents.dqn import DQNConfig, train
 
     overrides = {}
-    if args.quick:  # learn from frame 200 so the smoke test runs updates
-        overrides = dict(random_steps=200, learning_starts=200, buffer_size=1000)
+    if args.quick:  # learn from frame 400 so the smoke test runs a few updates
+        overrides = dict(random_steps=400, learning_starts=400, buffer_size=1000)
     config = DQNConfig.from_preset(
         "minatar", env_id=env_id, total_timesteps=frames, seed=seed, device=args.device,
         torch_threads=args.threads, run_dir=str(run_dir), eval_episodes=0,
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: Breakout, 1,200 frames, 1 seed, 2 random games")
+                        help="smoke test: Breakout, 600 frames, 1 seed, 2 random games")
     args = parser.parse_args(argv)
     if args.quick:
-        args.games, args.frames, args.seeds, args.random_episodes = "Breakout", 1200, 1, 2
+        args.games, args.frames, args.seeds, args.random_episodes = "Breakout", 600, 1, 2
     games = parse_games(args.games)
     if args.frames < 1 or args.seeds < 1 or args.random_episodes < 0:
         parser.error("--frames and --seeds must be >= 1, --random-episodes >= 0")

@@ -1,5 +1,5 @@
 """Smoke test of ``benchmarks/dqn_minatar.py``: ``--help`` works, bad ``--games`` is refused,
-and a ``--quick`` run (MinAtar Breakout, 1,200 frames with the paper's preset) prints valid JSON
+and a ``--quick`` run (MinAtar Breakout, 600 frames with the paper's preset) prints valid JSON
 lines: the training return and SPS of the run, the random policy's return, and a summary with
 the markdown table last."""
 
@@ -34,7 +34,7 @@ def test_quick_run_prints_json_lines():
         assert record.keys() >= REQUIRED and record["benchmark"] == "dqn_minatar", record
     by_metric = {r["metric"]: r for r in records}
     trained = by_metric["mean_return_last100"]
-    assert trained["game"] == "Breakout" and trained["frames"] == 1200
+    assert trained["game"] == "Breakout" and trained["frames"] == 600
     assert trained["episodes"] > 0 and trained["value"] >= 0
     assert by_metric["sps"]["value"] > 0 and by_metric["random_return"]["value"] >= 0
     summary = records[-1]
