@@ -258,3 +258,35 @@ def test_bad_eval_and_caption_input_exits_2(tmp_path, capsys):
                      *args) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_coco_with_karpathy_split_from_the_command_line(tmp_path, capsys):
+    """--dataset coco --karpathy-split FILE trains on train+restval and evaluates on test."""
+    from PIL import Image
+
+    entries = []
+    for i, split in enumerate(["train", "restval", "train", "test", "val"]):
+        folder = "train2014" if split == "train" else "val2014"
+        name = f"COCO_{folder}_{i:012d}.jpg"
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (50 * i, 0, 0)).save(tmp_path / folder / name)
+        entries.append({"filepath": folder, "filename": name, "split": split, "cocoid": i,
+                        "sentences": [{"raw": f"A red picture number {i}."},
+                                      {"raw": "A picture."}]})
+    split_file = tmp_path / "dataset_coco.json"
+    split_file.write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    run = tmp_path / "run"
+    assert rlgen("train", "captioning", *SMALL[2:], "--dataset", "coco", "--data-root",
+                 tmp_path, "--karpathy-split", split_file, "--batch-size", 4, "--max-steps", 2,
+                 "--run-dir", run) == 0
+    state = load_checkpoint(next((run / "checkpoints").glob("ckpt_*.pt")))
+    assert state["config"]["dataset"] == "coco-captions"
+    _, vocab, _ = load_captioner(run)  # built from the 6 captions of train + restval
+    assert len(vocab) == 4 + len({"a", "red", "picture", "number", ".", "0", "1", "2"})
+    capsys.readouterr()
+    assert rlgen("eval", "captioning", "--checkpoint", run, "--beam-size", 2,
+                 "--device", "cpu") == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 1
+    assert rlgen("train", "captioning", *SMALL, "--karpathy-split", split_file,
+                 "--run-dir", tmp_path / "other") == 2
+    assert "--karpathy-split is for --dataset coco" in capsys.readouterr().err

@@ -53,7 +53,8 @@ class CaptioningConfig(TrainConfig):
 
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         *TrainConfig.fixed_on_resume, "dataset", "image_size", "encoder", "rnn", "embed_dim",
-        "hidden_dim", "num_layers", "min_count", "max_length", "image_norm")
+        "hidden_dim", "num_layers", "min_count", "max_length", "image_norm",
+        "karpathy_split")
 
     dataset: str = "caption-shapes"
     """dataset with captions: coco-captions (coco), flickr8k, caption-shapes (shapes: the
@@ -62,6 +63,9 @@ class CaptioningConfig(TrainConfig):
     """directory holding the dataset files"""
     download: bool = False
     """download the dataset if it is missing"""
+    karpathy_split: str | None = None
+    """--dataset coco: Karpathy's split file (dataset_coco.json; train on train+restval,
+    evaluate on test) instead of the official train2014 / val2014"""
     image_size: int | None = None
     """resize images to this square size (None: the dataset's)"""
     encoder: str = "resnet50"
@@ -102,6 +106,8 @@ class CaptioningConfig(TrainConfig):
         super().__post_init__()
         self.dataset = dataset_name(self.dataset)
         check(self.rnn in ("lstm", "gru"), f"--rnn must be lstm or gru, got {self.rnn!r}")
+        check(self.karpathy_split is None or self.dataset == "coco-captions",
+              f"--karpathy-split is for --dataset coco, not {self.dataset}")
         check(self.image_size is None or self.image_size >= 16,
               f"--image-size must be >= 16 pixels (or omitted: the dataset's), got "
               f"{self.image_size}")
@@ -121,6 +127,10 @@ class CaptioningConfig(TrainConfig):
         check(self.eval_images >= 0, f"--eval-images must be >= 0, got {self.eval_images}")
         check(self.length_penalty >= 0,
               f"--length-penalty must be >= 0, got {self.length_penalty}")
+
+
+def _split_options(karpathy_split: str | None) -> dict[str, Any]:
+    return {"karpathy": karpathy_split} if karpathy_split else {}
 
 
 def _freeze_spec(config: CaptioningConfig) -> str | None:
@@ -182,7 +192,7 @@ def train(config: CaptioningConfig, progress: bool | None = None) -> dict[str, A
         config = run.config  # with --resume: the saved config and the flags given now
         _check_caption_dataset(config.dataset)
         kwargs = dict(root=config.data_root, download=config.download,
-                      image_size=config.image_size)
+                      image_size=config.image_size, **_split_options(config.karpathy_split))
         train_set = load_dataset(config.dataset, train=True, **kwargs)
         test_set = load_dataset(config.dataset, train=False, **kwargs)
         if not hasattr(train_set, "captions"):
@@ -333,10 +343,11 @@ def evaluate(config: CaptioningEvalConfig) -> dict[str, Any]:
 
     model, vocab, state = load_captioner(config.checkpoint, resolve_device(config.device))
     trained = state["config"]
-    dataset = load_dataset(config.dataset or trained["dataset"],
-                           train=config.split == "train",
+    name = config.dataset or trained["dataset"]
+    split = _split_options(trained.get("karpathy_split")) if name == trained["dataset"] else {}
+    dataset = load_dataset(name, train=config.split == "train",
                            root=config.data_root or trained.get("data_root", "data"),
-                           image_size=trained.get("image_size"))
+                           image_size=trained.get("image_size"), **split)
     count = config.num_images or len(dataset)
     scores, hypotheses = bleu_of(model, dataset, vocab, count, config.beam_size,
                                  config.max_length or trained.get("max_length", 20),
