@@ -106,7 +106,7 @@ def _readme_tool_commands() -> list[list[str]]:
     for block in _shell_blocks():
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split("#")[0]) if line.strip() else []
-            if len(words) > 1 and words[0] == "rlgen" and words[1] == "style":
+            if len(words) > 1 and words[0] == "rlgen" and words[1] in ("style", "caption"):
                 commands.append(words[1:])
     return commands
 
