@@ -105,8 +105,9 @@ def colour_precision(captions: list[list[str]], references: list[list[str]]) -> 
 
 # -- learning ----------------------------------------------------------------------------------
 # Measured (seed 0, 100 test images, beam 3): the best constant caption, "there is a white
-# square to the right of a green circle", BLEU-4 0.417 (the most frequent training caption:
-# 0.27); after 400 steps of 64 captions, BLEU-4 0.559, 39 different captions, every colour
+# square to the right of a green circle", BLEU-4 0.417 (the most frequent training caption,
+# "a red circle left of a blue square": 0.233); after 400 steps of 64 captions, BLEU-4 0.559
+# (BLEU-1..3 0.871, 0.791, 0.678), 39 different captions, every colour
 # named right (the constant caption: 46.5%). A decoder that ignores the image converges to one
 # caption of about the best constant's score (0.385-0.395 seen before image_norm), which these
 # thresholds refuse.

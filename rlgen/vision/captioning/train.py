@@ -394,7 +394,7 @@ def caption(config: CaptionConfig) -> dict[str, Any]:
 
     model, vocab, state = load_captioner(config.checkpoint, resolve_device(config.device))
     settings = state["meta"]["model_config"]
-    size = tuple(state["meta"]["image_size"])  # (H, W) the model was trained on
+    size = _trained_image_size(state)
     mode = "L" if settings["in_channels"] == 1 else "RGB"
     device = next(model.parameters()).device
     results = {}
@@ -409,6 +409,19 @@ def caption(config: CaptionConfig) -> dict[str, Any]:
         for text, log_prob in ranked:
             print(f"  {log_prob:8.3f}  {text}")
     return {"captions": results, "checkpoint": state["path"]}
+
+
+def _trained_image_size(state: dict) -> tuple[int, int]:
+    """(H, W) of the training images (checkpoints before it was saved: from the config)."""
+    if "image_size" in state["meta"]:
+        return tuple(state["meta"]["image_size"])
+    trained = state["config"]
+    if trained.get("image_size"):
+        return (trained["image_size"],) * 2
+    from rlgen.data import load_dataset
+
+    return tuple(load_dataset(trained["dataset"], train=False,
+                              root=trained.get("data_root", "data")).image_size)
 
 
 @TRAINERS.register("captioning", description="Image captioning: NIC (CNN + LSTM / GRU), beam "
