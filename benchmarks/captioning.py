@@ -26,7 +26,9 @@ with the same log-probabilities. Both sides therefore compute the same function.
 
 Timing: both implementations run alternately, step by step, in this one process, and the
 median step is reported, so load from other processes on a shared machine hits both alike.
-On CUDA, ``16-mixed`` uses a gradient scaler as the trainer does.
+On CUDA, ``16-mixed`` uses a gradient scaler as the trainer does. A setting that fails (on a
+CPU without bf16 support, oneDNN has no bf16 LSTM kernel for an unpacked sequence) prints its
+ratio record with ``"value": null`` and the error, and the script goes on.
 
 Output: one JSON object per line per measurement (``{train,beam}_..._per_s`` per side and the
 ``{train,beam}_rlgen_over_plain`` ratio per setting), a markdown table on stderr, then a summary
@@ -422,13 +424,24 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             steppers = {impl: Stepper(impl, m, mode, device, precision, args)
                         for impl, m in impls.items()}
-            for _ in range(args.warmup):
-                for s in steppers.values():
-                    s.step()
             times: dict[str, list[float]] = {impl: [] for impl in steppers}
-            for _ in range(args.steps):  # alternate, so drift hits both alike
-                for impl, s in steppers.items():
-                    times[impl].append(s.step())
+            running = ""
+            try:
+                for step in range(args.warmup + args.steps):  # alternate: drift hits both
+                    for running, s in steppers.items():
+                        seconds = s.step()
+                        if step >= args.warmup:
+                            times[running].append(seconds)
+            except RuntimeError as exc:  # e.g. no bf16 LSTM kernel on this CPU
+                print(json.dumps({
+                    "benchmark": BENCH, "metric": f"{mode}_rlgen_over_plain", "value": None,
+                    "unit": f"ratio of {UNITS[mode]}", "precision": precision, **common,
+                    "error": f"{running}: {str(exc).splitlines()[0]}",
+                }), flush=True)  # fmt: skip
+                rows.append(f"| {args.encoder} | {mode} | {precision} | {UNITS[mode]} | "
+                            f"failed | failed | n/a |")
+                del steppers
+                continue
             metric = f"{mode}_{'captions' if mode == 'train' else 'images'}_per_s"
             rate = {impl: args.batch_size / statistics.median(t) for impl, t in times.items()}
             for impl in steppers:
