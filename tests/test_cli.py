@@ -272,8 +272,9 @@ def test_a_registered_tool_is_a_command_of_its_own(capsys):
         assert "rlgen echo_tool: unrecognized arguments: --nope" in capsys.readouterr().err
         assert main(["nosuchtool"]) == 2
         err = capsys.readouterr().err
-        assert "unknown command 'nosuchtool'; choose from train, eval, sample, predict, list, " in err
-        tools = err.split("choose from train, eval, sample, predict, list, ")[1].split("\n")[0]
+        commands = "choose from train, eval, sample, predict, list, "
+        assert f"unknown command 'nosuchtool'; {commands}" in err
+        tools = err.split(commands)[1].split("\n")[0]
         assert {"echo_tool", "caption", "style"} <= set(tools.replace(",", " ").split()), err
     finally:
         TOOLS.unregister("echo_tool")
