@@ -96,7 +96,26 @@ def _resize_block(block: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
-class ImageDataset(Dataset):
+class StoredImages(Dataset):
+    """A dataset holding all its images in memory as one uint8 tensor ``.images`` (N, C, H, W):
+    the base of the labelled, captioned, segmentation and detection sets."""
+
+    images: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the stored images."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class ImageDataset(StoredImages):
     """An in-memory labelled image set: ``.images`` uint8 (N, C, H, W), ``.labels`` int64 (N,).
 
     ``dataset[i]`` returns ``(image, label)``: ``image`` float32 (C, H, W) in [0, 1], passed
@@ -139,18 +158,6 @@ class ImageDataset(Dataset):
             self.classes = [str(i) for i in range(num_classes)]
         self.num_classes = len(self.classes)
         self.transform = transform
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored images."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.images[index].to(torch.float32).div_(255.0)

@@ -65,12 +65,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from rlgen.data.base import (
     DataFormatError,
     DatasetNotFoundError,
     ImageSize,
+    StoredImages,
     describe_error,
     normalize_size,
     resize_uint8,
@@ -84,7 +84,7 @@ DEFAULT_PHOTO_SIZE = 224
 Transform = Callable[[torch.Tensor], Any]
 
 
-class CaptionDataset(Dataset):
+class CaptionDataset(StoredImages):
     """An in-memory captioning split: ``.images`` uint8 (N, C, H, W), ``.captions`` (N lists
     of strings, at least one each), ``.ids`` (N names: file names, or generated ids).
 
@@ -137,20 +137,8 @@ class CaptionDataset(Dataset):
         )
 
     @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored images."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    @property
     def num_captions(self) -> int:
         return sum(len(c) for c in self.captions)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[Any, list[str]]:
         image = self.images[index].to(torch.float32).div_(255.0)

@@ -87,13 +87,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from rlgen.data.base import (
     ChecksumError,
     DataFormatError,
     DatasetNotFoundError,
     ImageSize,
+    StoredImages,
     describe_error,
     normalize_size,
     resize_uint8,
@@ -125,7 +125,7 @@ def make_target(boxes: Any, labels: Any, difficult: Any = None, iscrowd: Any = N
             "iscrowd": flag(iscrowd)}
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(StoredImages):
     """An in-memory detection split: ``.images`` uint8 (N, C, H, W) and ``.targets``, one
     dict per image (``boxes`` float32 (K, 4) xyxy pixels, ``labels`` int64 (K,),
     ``difficult`` / ``iscrowd`` bool (K,)).
@@ -184,18 +184,6 @@ class DetectionDataset(Dataset):
     def labels(self) -> torch.Tensor:
         raise NoImageLabelsError(f"{self.name} is a detection dataset: it has boxes per image "
                                  "(.targets), not one label per image")
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored images."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
         image = self.images[index].to(torch.float32).div_(255.0)

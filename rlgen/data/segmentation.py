@@ -70,13 +70,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
 
 from rlgen.data.base import (
     ChecksumError,
     DataFormatError,
     DatasetNotFoundError,
     ImageSize,
+    StoredImages,
     describe_error,
     normalize_size,
     resize_uint8,
@@ -146,7 +146,7 @@ def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(masks[:, None], size=size, mode="nearest-exact")[:, 0].contiguous()
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(StoredImages):
     """An in-memory segmentation split: ``.images`` uint8 (N, C, H, W), ``.masks`` uint8
     (N, H, W) of class indices in ``0..num_classes - 1`` or ``ignore_index``.
 
@@ -228,18 +228,6 @@ class SegmentationDataset(Dataset):
             "(.masks), not one label per image; train a segmentation model on it, or pick "
             "a classification dataset"
         )
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored images and masks."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image = self.images[index].to(torch.float32).div_(255.0)
