@@ -4,17 +4,10 @@ one step) prints valid JSON lines: captions/s and beam-search images/s per side,
 rlgen / plain ratio per setting, and a summary line last."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "captioning.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+from benchmark_script import REQUIRED, runner
 
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
+run = runner("captioning.py")
 
 
 def test_help_and_bad_flags():

@@ -3,17 +3,10 @@ few hundred random boxes against the brute-force loop, YOLO v1 at 64x64 for one 
 valid JSON lines: NMS times and speed-ups, train / inference images/s, a summary line last."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+from benchmark_script import REQUIRED, runner
 
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
+run = runner("detection.py")
 
 
 def test_help_exits_zero():

@@ -4,17 +4,10 @@ lines: the training return and SPS of the run, the random policy's return, and a
 the markdown table last."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dqn_minatar.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+from benchmark_script import REQUIRED, runner
 
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
+run = runner("dqn_minatar.py")
 
 
 def test_help_and_bad_games():

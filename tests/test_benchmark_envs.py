@@ -4,17 +4,10 @@ throughput per setting, the saturating env count, the training SPS per --num-env
 last."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "envs.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+from benchmark_script import REQUIRED, runner
 
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
+run = runner("envs.py")
 
 
 def test_help_exits_zero():

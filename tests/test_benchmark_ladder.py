@@ -2,20 +2,12 @@
 valid JSON lines (one per step and seed, one summary per step, a final summary)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_script import REQUIRED, runner
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mnist_ladder.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+run = runner("mnist_ladder.py")
 PER_RUN = {"step", "model", "seed", "epochs", "best_epoch", "seconds"}
-
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
 
 
 def test_help_exits_zero():

@@ -3,18 +3,11 @@ U-Net beside its plain-PyTorch twin, 64x64, one step) prints valid JSON lines: i
 memory per side, the rlgen / plain ratio per setting, and a summary line last."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "segmentation.py"
-REQUIRED = {"benchmark", "metric", "value", "unit"}
+from benchmark_script import REQUIRED, runner
+
+run = runner("segmentation.py")
 MODES = ("train", "inference")
-
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=SCRIPT.parents[1])
 
 
 def test_help_exits_zero():
