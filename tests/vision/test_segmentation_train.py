@@ -22,13 +22,11 @@ SLIM = [8, "M", 16, "M", 16, "M", 32, "M", 32, "M"]  # VGG's five blocks, narrow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def slim_vgg():
-    """Narrow VGG trunks registered as a user would (FCN and SegNet take any VGG trunk)."""
-    BACKBONES.register("vgg_slim")(lambda in_channels=3: VGGBackbone(SLIM, False, in_channels))
+def slim_vgg_bn():
+    """A narrow VGG-BN trunk registered as a user would (FCN and SegNet take any VGG trunk)."""
     BACKBONES.register("vgg_slim_bn")(lambda in_channels=3: VGGBackbone(SLIM, True,
                                                                         in_channels))
     yield
-    BACKBONES.unregister("vgg_slim")
     BACKBONES.unregister("vgg_slim_bn")
 
 
