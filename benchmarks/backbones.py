@@ -21,7 +21,6 @@ throughput ratio per model and setting (1.0 = no overhead).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -29,12 +28,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from measure import PRECISIONS, autocast, sync  # noqa: E402
 from torch import nn
 
 from rlgen.vision.backbones import create_model
-
-PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
 
 # ---------------------------------------------------------------- plain reference models
 
@@ -162,16 +159,6 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> None:
 # ---------------------------------------------------------------- measurement
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Stepper:

@@ -46,7 +46,6 @@ line last: the geometric mean of the ratios, the ratios and the rates.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -60,11 +59,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import PRECISIONS, autocast, parse_list, sync  # noqa: E402
+
 from rlgen.vision.captioning.model import build_caption_model, caption_loss  # noqa: E402
 from rlgen.vision.captioning.vocab import END_INDEX, PAD_INDEX, START_INDEX  # noqa: E402
 
 BENCH = "captioning"
-PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 MODES = ("train", "beam")
 UNITS = {"train": "captions/s", "beam": "images/s"}
 
@@ -269,16 +269,6 @@ def build_pair(args) -> tuple[nn.Module, nn.Module]:
 # ---------------------------------------------------------------- measurement
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Stepper:
@@ -329,14 +319,6 @@ class Stepper:
         sync(self.device)
         return time.perf_counter() - t0
 
-
-def parse_list(p: argparse.ArgumentParser, value: str, allowed, flag: str) -> list[str]:
-    items = [v for v in value.split(",") if v]
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        p.error(f"{flag}: unknown {bad or value!r}; expected a comma-separated subset of "
-                f"{list(allowed)}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,6 +70,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import sync  # noqa: E402
+
 from rlgen.data import ImageDataset, load_dataset  # noqa: E402
 from rlgen.registry import DATASETS, MODELS  # noqa: E402
 from rlgen.runtime import resolve_device  # noqa: E402
@@ -102,10 +104,6 @@ def dataset_for(model: str) -> str:
     one = channels is not None and channels.default == 1
     return "mnist-subset" if one else RANDOM
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- the two sides ---------------------------------------------------------------------------

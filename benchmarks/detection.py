@@ -39,6 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import autocast, sync  # noqa: E402
+
 from rlgen.registry import DETECTION_MODELS  # noqa: E402
 from rlgen.vision.boxes import batched_nms, box_iou, nms  # noqa: E402
 
@@ -75,10 +77,6 @@ def reference_batched_nms(boxes, scores, labels, threshold: float) -> torch.Tens
     kept = torch.cat(kept).sort().values  # equal scores: the earlier box first
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_time(fn, repeats: int, warmup: int, device: torch.device) -> float:
@@ -133,12 +131,6 @@ def random_targets(batch: int, size: int, classes: int, device: torch.device, se
                     "labels": torch.randint(0, classes, (k,), generator=g).to(device)})
     return out
 
-
-def autocast(device: torch.device, precision: str):
-    if precision == "32":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def bench_detector(name: str, args, precision: str, device: torch.device, emit) -> dict:

@@ -55,7 +55,6 @@ rlgen / plain throughput ratios, the ratios, images/s and memory per model and s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import math
@@ -72,10 +71,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import PRECISIONS, autocast, parse_list, sync  # noqa: E402
+
 from rlgen.vision.segmentation.models import build_segmentation_model  # noqa: E402
 
 BENCH = "segmentation"
-PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 FORMATS = ("contiguous", "channels_last")
 MODES = ("train", "inference")
 SIZE_MULTIPLE = 32  # plain models take no padding: every size must suit FCN / SegNet as is
@@ -386,16 +386,6 @@ def _rss_bytes() -> int:
 # ---------------------------------------------------------------- measurement
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Stepper:
@@ -434,14 +424,6 @@ class Stepper:
         sync(self.device)
         return time.perf_counter() - t0
 
-
-def parse_list(p: argparse.ArgumentParser, value: str, allowed, flag: str) -> list[str]:
-    items = [v for v in value.split(",") if v]
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        p.error(f"{flag}: unknown {bad or value!r}; expected a comma-separated subset of "
-                f"{list(allowed)}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> None:
